@@ -125,3 +125,32 @@ def tiny_processor(family: str, config: MBlipConfig | None = None) -> MBlipProce
     tokenizer = tiny_tokenizer(family)
     config = config or tiny_config(family, len(tokenizer))
     return MBlipProcessor.for_model_config(config, tiny_image_processor(), tokenizer)
+
+
+def main(output_dir: str = "outputs/tiny-mblip"):
+    """Offline smoke demo: build a tiny random mBLIP, save it as a model repository, load it back through the Auto
+    classes with trust_remote_code, and caption two images. Random weights: the text is noise, the plumbing is real."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mblip.hub import model_card, save_model_repository
+    from mblip.modeling_mblip import MBlipForConditionalGeneration
+
+    processor = tiny_processor("mt5")
+    torch.manual_seed(0)
+    model = MBlipForConditionalGeneration(tiny_config("mt5", len(processor.tokenizer)))
+    card = model_card("Tiny random mBLIP", "Random weights, for offline smoke tests.", base_models=[])
+    save_model_repository(model, processor, output_dir, card, overwrite=True)
+    model = AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(output_dir, trust_remote_code=True)
+    images = [Image.new("RGB", (64, 48), (220, 30, 30)), Image.new("L", (40, 40), 128)]
+    prompts = ["Caption the image in German.", "Question: how many circles are there? Short answer in English:"]
+    output = model.generate(**processor(images=images, text=prompts), max_new_tokens=8)
+    for prompt, text in zip(prompts, processor.batch_decode(output, skip_special_tokens=True)):
+        print(f"{prompt!r} -> {text!r}")
+    print(f"model repository: {output_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""convert_mblip.py: BLIP-2 -> mBLIP -> BLIP-2 round trips, parts assembly, Hub-ready folders, clear errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import (
+    AutoProcessor,
+    Blip2Config,
+    Blip2ForConditionalGeneration,
+    Blip2Processor,
+)
+
+import convert_mblip
+from conftest import PROMPTS, build, random_pixels
+from demo.tiny import tiny_processor, tiny_text_config
+from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.processing_mblip import MBlipProcessor
+
+
+def make_blip2(family, path, seed=0):
+    """A tiny transformers-5 BLIP-2 checkpoint (image placeholder token, num_query_tokens) with its processor."""
+    model, processor = build(family)
+    tokenizer = processor.tokenizer
+    blip2_processor = Blip2Processor(processor.image_processor, tokenizer, num_query_tokens=model.config.num_query_tokens)
+    config = Blip2Config(
+        vision_config=model.config.vision_config.to_dict(),
+        qformer_config=model.config.qformer_config.to_dict(),
+        text_config={**model.config.text_config.to_dict(), "vocab_size": len(tokenizer)},
+        num_query_tokens=model.config.num_query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    blip2 = Blip2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        blip2.query_tokens.normal_()
+    blip2.save_pretrained(path)
+    blip2_processor.save_pretrained(path)
+    return blip2, blip2_processor
+
+
+def blip2_generate(blip2, blip2_processor, pixels, prompts, **kwargs):
+    """New tokens only, from a plain transformers BLIP-2 model (which returns the prompt too for decoder-only LLMs)."""
+    enc = blip2_processor(images=[torch.zeros(3, 30, 30)] * len(prompts), text=prompts, return_tensors="pt", padding=True)
+    out = blip2.generate(pixel_values=pixels, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
+    if blip2.config.text_config.is_encoder_decoder:
+        return out[:, 1:]
+    return out[:, enc["input_ids"].shape[1] :]
+
+
+GENERATION = dict(max_new_tokens=6, do_sample=False, suppress_tokens=[0, 1])  # random models love pad/EOS
+
+
+@pytest.mark.parametrize("family", ["mt5", "bloom"])
+def test_blip2_to_mblip_to_blip2_generates_the_same(family, tmp_path):
+    blip2, blip2_processor = make_blip2(family, tmp_path / "blip2")
+    assert convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "mblip")]) == 0
+
+    model = MBlipForConditionalGeneration.from_pretrained(tmp_path / "mblip").eval()
+    processor = MBlipProcessor.from_pretrained(tmp_path / "mblip")
+    assert processor.is_encoder_decoder is (family == "mt5")
+    for key, value in blip2.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    pixels = random_pixels(3)
+    ours = model.generate(pixel_values=pixels, **processor(text=PROMPTS), **GENERATION)
+    theirs = blip2_generate(blip2, blip2_processor, pixels, PROMPTS, **GENERATION)
+    assert ours.tolist() == theirs.tolist()
+    assert len(set(ours.flatten().tolist())) > 1, "degenerate generations prove nothing"
+
+    # ... and back to plain BLIP-2, loaded without remote code.
+    assert convert_mblip.main(["--to_blip2", str(tmp_path / "mblip"), "--output_dir", str(tmp_path / "back")]) == 0
+    files = {p.name for p in (tmp_path / "back").iterdir()}
+    assert not any(name.endswith("_mblip.py") for name in files)
+    back = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    back_processor = AutoProcessor.from_pretrained(tmp_path / "back")
+    assert isinstance(back_processor, Blip2Processor) and back_processor.num_query_tokens == 4
+    assert back.config.image_token_index == back_processor.tokenizer.convert_tokens_to_ids("<image>")
+    again = blip2_generate(back, back_processor, pixels, PROMPTS, **GENERATION)
+    assert again.tolist() == ours.tolist()
+    assert back_processor.batch_decode(again, skip_special_tokens=True) == processor.batch_decode(
+        ours, skip_special_tokens=True
+    )
+
+
+@pytest.mark.parametrize("family", ["mt5", "llama"])
+def test_mblip_without_spare_vocabulary_row_exports_to_blip2(family, tmp_path):
+    """The tiny tokenizer fills its embedding matrix exactly, so the placeholder token needs a new row."""
+    model, processor = build(family)
+    from mblip.hub import model_card, save_model_repository
+
+    save_model_repository(model, processor, tmp_path / "mblip", model_card("t", "d", []))
+    convert_mblip.main(["--to_blip2", str(tmp_path / "mblip"), "--output_dir", str(tmp_path / "back")])
+    back = Blip2ForConditionalGeneration.from_pretrained(tmp_path / "back").eval()
+    back_processor = AutoProcessor.from_pretrained(tmp_path / "back")
+    assert back.get_input_embeddings().weight.shape[0] == model.get_input_embeddings().weight.shape[0] + 1
+    pixels = random_pixels(3)
+    ours = model.generate(pixel_values=pixels, **processor(text=PROMPTS), **GENERATION)
+    assert blip2_generate(back, back_processor, pixels, PROMPTS, **GENERATION).tolist() == ours.tolist()
+
+
+def save_llm(family, path, seed=5):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    tokenizer = tiny_processor(family).tokenizer
+    config = tiny_text_config(family, len(tokenizer))
+    torch.manual_seed(seed)
+    llm = (AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM).from_config(config)
+    llm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return llm, tokenizer
+
+
+@pytest.mark.parametrize("llm_family", ["bloom", "mt5"])
+def test_parts_assembly_keeps_each_part_and_never_loads_the_blip2_llm(llm_family, tmp_path, monkeypatch):
+    import safetensors
+
+    blip2, blip2_processor = make_blip2("mt5", tmp_path / "blip2")
+    llm, tokenizer = save_llm(llm_family, tmp_path / "llm")
+
+    # Record every tensor the converter reads from the BLIP-2 checkpoint.
+    read = []
+    real_open = safetensors.safe_open
+
+    class SpyingSafeOpen:
+        def __init__(self, *args, **kwargs):
+            self.handle = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.inner.keys()
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.inner.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", SpyingSafeOpen)
+
+    rc = convert_mblip.main(
+        ["--vision_model", str(tmp_path / "blip2"), "--language_model", str(tmp_path / "llm"),
+         "--output_dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert rc == 0
+    assert read and not any(key.startswith("language_model.") for key in read)
+    assert all(key.startswith(("vision_model.", "qformer.", "query_tokens")) for key in read)
+
+    model = MBlipForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    processor = MBlipProcessor.from_pretrained(tmp_path / "out")
+    for key, value in blip2.state_dict().items():
+        if key.startswith(("vision_model.", "qformer.", "query_tokens")):
+            assert torch.equal(model.state_dict()[key], value), key
+    for key, value in llm.state_dict().items():
+        assert torch.equal(model.language_model.state_dict()[key], value), key
+    assert model.language_projection.weight.shape == (llm.config.hidden_size, blip2.config.qformer_config.hidden_size)
+    assert 0 < model.language_projection.weight.std() < 0.05 and not model.language_projection.bias.any()
+    assert processor.is_encoder_decoder is llm.config.is_encoder_decoder
+    assert processor.tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert processor.image_processor.size == blip2_processor.image_processor.size
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: image-text-to-text" in readme and str(tmp_path / "llm") in readme
+    out = model.generate(pixel_values=random_pixels(2), **processor(text=PROMPTS[:2]), max_new_tokens=3)
+    assert out.shape[0] == 2
+
+
+def test_parts_assembly_is_a_python_call(tmp_path):
+    make_blip2("mt5", tmp_path / "blip2")
+    save_llm("llama", tmp_path / "llm")
+    model, processor = convert_mblip.from_parts(str(tmp_path / "blip2"), str(tmp_path / "llm"))
+    assert isinstance(model, MBlipForConditionalGeneration) and not model.config.is_encoder_decoder
+    assert processor.tokenizer.padding_side == "left"
+
+
+FRESH = textwrap.dedent(
+    """
+    import json, sys, torch
+    from PIL import Image
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+    path = sys.argv[1]
+    names = [type(AutoConfig.from_pretrained(path, trust_remote_code=True)).__name__]
+    names.append(type(AutoModel.from_pretrained(path, trust_remote_code=True)).__name__)
+    model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    names += [type(model).__name__, type(processor).__name__]
+    pipe = pipeline("image-text-to-text", model=path, trust_remote_code=True)
+    result = pipe(images=Image.new("RGB", (40, 40), (200, 10, 10)), text="zwei", max_new_tokens=3)
+    print(json.dumps({"names": names, "pipeline": result}))
+    """
+)
+
+
+@pytest.mark.parametrize("family", ["mt5", "bloom"])
+def test_output_is_a_hub_ready_repository_loadable_offline_in_a_fresh_process(family, tmp_path):
+    make_blip2(family, tmp_path / "blip2")
+    convert_mblip.main(
+        ["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "repo"), "--max_shard_size", "100KB"]
+    )
+    repo = tmp_path / "repo"
+    files = {p.name for p in repo.iterdir()}
+    assert {"configuration_mblip.py", "modeling_mblip.py", "processing_mblip.py", "README.md"} <= files
+    assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "config.json"} <= files
+    assert "model.safetensors.index.json" in files and len([f for f in files if f.endswith(".safetensors")]) > 1
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
+    auto_map = json.loads((repo / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_mblip.MBlipConfig",
+        "AutoModel": "modeling_mblip.MBlipForConditionalGeneration",
+        "AutoModelForImageTextToText": "modeling_mblip.MBlipForConditionalGeneration",
+    }
+    assert json.loads((repo / "processor_config.json").read_text())["auto_map"] == {
+        "AutoProcessor": "processing_mblip.MBlipProcessor"
+    }
+    readme = (repo / "README.md").read_text()
+    assert readme.startswith("---\nlicense:") and "pipeline_tag: image-text-to-text" in readme
+    assert "base_model:" in readme and "trust_remote_code=True" in readme
+
+    (tmp_path / "fresh.py").write_text(FRESH)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "fresh.py"), str(repo)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh["names"] == ["MBlipConfig", "MBlipForConditionalGeneration", "MBlipForConditionalGeneration", "MBlipProcessor"]
+    assert isinstance(fresh["pipeline"][0]["generated_text"], str)
+
+
+def test_a_killed_conversion_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
+    make_blip2("bloom", tmp_path / "blip2")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing the processor")
+
+    monkeypatch.setattr(MBlipProcessor, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blip2"]
+
+
+def run_cli(args, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "convert_mblip.py", *args], capture_output=True, text=True, timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"},
+    )  # fmt: skip
+    return result.returncode, result.stderr.strip().splitlines()
+
+
+def test_bad_sources_get_a_one_line_error(tmp_path):
+    code, lines = run_cli(["--from_blip2", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out")], tmp_path)
+    assert code == 2 and len(lines) == 1 and "neither a local folder nor a reachable Hub id" in lines[0]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, lines = run_cli(["--from_blip2", str(tmp_path / "bert"), "--output_dir", str(tmp_path / "out")], tmp_path)
+    assert code == 2 and len(lines) == 1 and "model_type 'bert'" in lines[0]
+    (tmp_path / "empty").mkdir()
+    code, lines = run_cli(["--from_blip2", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")], tmp_path)
+    assert code == 2 and len(lines) == 1 and "no config.json" in lines[0]
+    code, lines = run_cli(["--vision_model", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")], tmp_path)
+    assert code == 2 and "needs both --vision_model and --language_model" in lines[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_shape_mismatch_names_the_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_blip2("mt5", tmp_path / "blip2")
+    weights = load_file(tmp_path / "blip2" / "model.safetensors")
+    weights["language_projection.weight"] = torch.zeros(7, 5)
+    save_file(weights, tmp_path / "blip2" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SystemExit) as exit_info:
+        convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    with pytest.raises(convert_mblip.ConversionError, match=r"language_projection.weight: checkpoint \(7, 5\)"):
+        convert_mblip.from_blip2(str(tmp_path / "blip2"))
+
+
+def test_existing_output_is_not_overwritten_without_asking(tmp_path):
+    make_blip2("bloom", tmp_path / "blip2")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out"), "--overwrite", "true"])
+    assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
