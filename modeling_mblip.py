@@ -302,7 +302,10 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         return embeds, mask
 
     def _llm_accepts(self, name: str) -> bool:
-        return name in inspect.signature(self.language_model.forward).parameters
+        # A PEFT wrapper (LoRA training) forwards keyword arguments to the model it wraps: ask that model.
+        base = getattr(self.language_model, "get_base_model", None)
+        llm = base() if callable(base) else self.language_model
+        return name in inspect.signature(llm.forward).parameters
 
     @staticmethod
     def _position_ids(mask: torch.Tensor) -> torch.Tensor:

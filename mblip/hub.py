@@ -50,6 +50,29 @@ def atomic_directory(output_dir: str | os.PathLike, overwrite: bool = False):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_model_repository(
+    model: MBlipForConditionalGeneration,
+    processor: MBlipProcessor,
+    folder: str | os.PathLike,
+    model_card: str,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    extra_files: dict[str, str] | None = None,
+):
+    """Writes the repository's files into an existing folder (not atomic: see `save_model_repository`)."""
+    folder = Path(folder)
+    register_auto_classes()
+    # AutoModel gets an auto_map entry too: custom_object_save records the class under its `_auto_class` in the
+    # config and copies the code; save_pretrained then adds AutoModelForImageTextToText beside it.
+    MBlipForConditionalGeneration.register_for_auto_class("AutoModel")
+    custom_object_save(model, folder, config=model.config)
+    MBlipForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    processor.save_pretrained(folder)
+    (folder / "README.md").write_text(model_card, encoding="utf-8")
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+
+
 def save_model_repository(
     model: MBlipForConditionalGeneration,
     processor: MBlipProcessor,
@@ -60,19 +83,22 @@ def save_model_repository(
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Writes a complete, Hub-ready mBLIP model repository atomically and returns its path."""
-    register_auto_classes()
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        # AutoModel gets an auto_map entry too: custom_object_save records the class under its `_auto_class` in the
-        # config and copies the code; save_pretrained then adds AutoModelForImageTextToText beside it.
-        MBlipForConditionalGeneration.register_for_auto_class("AutoModel")
-        custom_object_save(model, tmp, config=model.config)
-        MBlipForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
-        model.save_pretrained(tmp, max_shard_size=max_shard_size, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        (tmp / "README.md").write_text(model_card, encoding="utf-8")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
+        write_model_repository(model, processor, tmp, model_card, max_shard_size, extra_files)
     return Path(output_dir)
+
+
+def move_into(source: str | os.PathLike, destination: str | os.PathLike, last: str = "config.json"):
+    """Moves a finished folder's files into an existing folder (e.g. a training run's output_dir, which also holds
+    checkpoints), `last` at the end: until it lands the destination does not look like a model repository."""
+    source, destination = Path(source), Path(destination)
+    names = sorted(p.name for p in source.iterdir())
+    for name in [n for n in names if n != last] + [n for n in names if n == last]:
+        target = destination / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(source / name, target)
+    source.rmdir()
 
 
 def model_card(
