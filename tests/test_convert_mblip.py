@@ -15,31 +15,9 @@ from transformers import (
 )
 
 import convert_mblip
-from conftest import PROMPTS, build, random_pixels
-from demo.tiny import tiny_processor, tiny_text_config
+from conftest import PROMPTS, build, make_blip2, random_pixels, save_llm
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
-
-
-def make_blip2(family, path, seed=0):
-    """A tiny transformers-5 BLIP-2 checkpoint (image placeholder token, num_query_tokens) with its processor."""
-    model, processor = build(family)
-    tokenizer = processor.tokenizer
-    blip2_processor = Blip2Processor(processor.image_processor, tokenizer, num_query_tokens=model.config.num_query_tokens)
-    config = Blip2Config(
-        vision_config=model.config.vision_config.to_dict(),
-        qformer_config=model.config.qformer_config.to_dict(),
-        text_config={**model.config.text_config.to_dict(), "vocab_size": len(tokenizer)},
-        num_query_tokens=model.config.num_query_tokens,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-    )
-    torch.manual_seed(seed)
-    blip2 = Blip2ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        blip2.query_tokens.normal_()
-    blip2.save_pretrained(path)
-    blip2_processor.save_pretrained(path)
-    return blip2, blip2_processor
 
 
 def blip2_generate(blip2, blip2_processor, pixels, prompts, **kwargs):
@@ -99,18 +77,6 @@ def test_mblip_without_spare_vocabulary_row_exports_to_blip2(family, tmp_path):
     pixels = random_pixels(3)
     ours = model.generate(pixel_values=pixels, **processor(text=PROMPTS), **GENERATION)
     assert blip2_generate(back, back_processor, pixels, PROMPTS, **GENERATION).tolist() == ours.tolist()
-
-
-def save_llm(family, path, seed=5):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    tokenizer = tiny_processor(family).tokenizer
-    config = tiny_text_config(family, len(tokenizer))
-    torch.manual_seed(seed)
-    llm = (AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM).from_config(config)
-    llm.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return llm, tokenizer
 
 
 @pytest.mark.parametrize("llm_family", ["bloom", "mt5"])

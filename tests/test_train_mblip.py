@@ -1,0 +1,296 @@
+"""train_mblip.py: quantized LoRA re-alignment with the Trainer, on tiny parts and a tiny dataset made here."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+import train_mblip
+from conftest import make_blip2, save_llm
+from mblip.modeling_mblip import MBlipForConditionalGeneration
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
+GERMAN = {"red": "rot", "green": "grün", "blue": "blau", "yellow": "gelb"}
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """BLIP-2 (vision stack source), a bloom LLM, images and a jsonl task mix in mBLIP's release columns."""
+    root = tmp_path_factory.mktemp("parts")
+    make_blip2("mt5", root / "blip2")
+    save_llm("bloom", root / "llm")
+    (root / "images").mkdir()
+    rows = []
+    for name, colour in COLOURS.items():
+        Image.new("RGB", (40, 40), colour).save(root / "images" / f"{name}.png")
+        rows.append({"image_id": f"{name}.png", "context": "Caption the image in German.", "label": GERMAN[name],
+                     "lang": "de", "task": "caption"})  # fmt: skip
+        rows.append({"image_id": f"{name}.png", "context": "Question: what colour? Short answer in English:",
+                     "label": name, "lang": "en", "task": "vqa", "extra": 1})  # fmt: skip
+    write_jsonl(root / "train.jsonl", rows)
+    return root
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def cli(parts, output_dir, *extra, train_file=None):
+    return [
+        "--vision_model_name_or_path", str(parts / "blip2"), "--language_model_name_or_path", str(parts / "llm"),
+        "--train_file", str(train_file or parts / "train.jsonl"), "--image_root", str(parts / "images"),
+        "--output_dir", str(output_dir), "--per_device_train_batch_size", "4", "--logging_steps", "1",
+        "--save_strategy", "no", "--seed", "7", "--dataloader_num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def model_of(trainer):
+    """The trained mBLIP model under the PEFT wrapper."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def test_a_short_run_lowers_the_loss(parts, tmp_path):
+    trainer, _ = train_mblip.main(cli(
+        parts, tmp_path / "out", "--max_steps", "24", "--learning_rate", "3e-3", "--qformer_learning_rate", "1e-3",
+        "--lora_learning_rate", "1e-2", "--warmup_steps", "0",
+    ))  # fmt: skip
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 24
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.3, losses  # from ~ln(vocab), the loss of a near-uniform random LLM
+
+
+def params(model, prefix):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith(prefix)}
+
+
+def test_8bit_lora_trains_exactly_what_was_asked(parts, tmp_path):
+    import bitsandbytes as bnb
+
+    output_dir = tmp_path / "out"
+    trainer, _ = train_mblip.main(cli(parts, output_dir, "--load_in_8bit", "--max_steps", "3", "--lora_learning_rate", "1e-2"))
+    trained = model_of(trainer)
+    start = MBlipForConditionalGeneration.from_pretrained(output_dir / "init")  # the assembled starting point
+
+    quantized = [n for n, m in trained.named_modules() if isinstance(m, bnb.nn.Linear8bitLt)]
+    assert quantized and all(n.startswith("language_model.") for n in quantized)
+    # Frozen: the ViT, and the LLM's base weights (compared against the same 8-bit quantization of the start).
+    for name, value in params(start, "vision_model.").items():
+        assert torch.equal(trained.get_parameter(name), value), name
+    requantized = MBlipForConditionalGeneration.from_pretrained(
+        output_dir / "init", quantization_config=train_mblip.quantization_config(
+            train_mblip.ModelArguments(model_name_or_path="x", load_in_8bit=True), trainer.args),
+    )  # fmt: skip
+    base = {n.replace(".base_layer", ""): p for n, p in trained.named_parameters() if n.startswith("language_model.")}
+    for name, value in requantized.state_dict().items():
+        if name.startswith("language_model.") and name in base:
+            assert torch.equal(base[name].to(value.dtype), value), name
+    assert not any(p.requires_grad for n, p in trained.named_parameters() if n.startswith("language_model.")
+                   and "lora_" not in n)  # fmt: skip
+    # Trained: Q-Former, query tokens, projection, LoRA.
+    assert not torch.equal(trained.query_tokens, start.query_tokens)
+    assert not torch.equal(trained.language_projection.weight, start.language_projection.weight)
+    changed = [n for n, v in params(start, "qformer.").items() if not torch.equal(trained.get_parameter(n), v)]
+    assert len(changed) > len(params(start, "qformer.")) // 2
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero
+
+
+def test_warm_up_stage_trains_the_projection_only_and_the_vit_on_request(parts, tmp_path):
+    trainer, _ = train_mblip.main(cli(
+        parts, tmp_path / "warmup", "--freeze_qformer", "--use_peft", "false", "--learning_rate", "5e-3",
+        "--max_steps", "2",
+    ))  # fmt: skip
+    trained = model_of(trainer)
+    start = MBlipForConditionalGeneration.from_pretrained(tmp_path / "warmup" / "init")
+    assert {n for n, p in trained.named_parameters() if p.requires_grad} == {
+        "language_projection.weight", "language_projection.bias"}  # fmt: skip
+    for name, value in start.state_dict().items():
+        if not name.startswith("language_projection."):
+            assert torch.equal(trained.state_dict()[name], value), name
+    assert not torch.equal(trained.language_projection.weight, start.language_projection.weight)
+
+    trainer, _ = train_mblip.main(cli(parts, tmp_path / "vit", "--train_vision_model", "--max_steps", "2"))
+    trained, start = model_of(trainer), MBlipForConditionalGeneration.from_pretrained(tmp_path / "vit" / "init")
+    assert not torch.equal(
+        trained.vision_model.embeddings.patch_embedding.weight, start.vision_model.embeddings.patch_embedding.weight
+    )
+
+
+FRESH = textwrap.dedent(
+    """
+    import json, sys, torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    model = AutoModelForImageTextToText.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+    inputs = processor(images=[Image.new("RGB", (40, 40), (220, 30, 30))], text=["Caption the image in German."])
+    print(json.dumps({"model": type(model).__module__, "ids": model.generate(**inputs, max_new_tokens=4).tolist()}))
+    """
+)
+
+
+def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, tmp_path):
+    output_dir = tmp_path / "out"
+    trainer, _ = train_mblip.main(cli(
+        parts, output_dir, "--max_steps", "3", "--lora_learning_rate", "1e-2", "--lora_output", "merged_and_adapter",
+        "--validation_file", str(parts / "train.jsonl"), "--eval_strategy", "no",
+    ))  # fmt: skip
+    files = {p.name for p in output_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_mblip.py", "README.md", "data_report.json"} <= files
+    assert (output_dir / "adapter" / "adapter_config.json").is_file()
+    assert not (output_dir / ".model-incomplete").exists()
+
+    # The merged, un-quantized export computes what the trained (un-merged) model computes.
+    merged = MBlipForConditionalGeneration.from_pretrained(output_dir).eval()
+    peft_model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        expected = peft_model(**batch)
+        got = merged(**batch)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(merged.language_model.lm_head.weight, torch.zeros(1))
+
+    card = (output_dir / "README.md").read_text()
+    assert "language:\n- de\n- en" in card and "train_loss" in card and "eval_loss" in card
+    assert "query_key_value" in card and '"lora_r": 8' in card and "8 rows" in card
+
+    (tmp_path / "fresh.py").write_text(FRESH)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
+    result = subprocess.run([sys.executable, str(tmp_path / "fresh.py"), str(output_dir)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    fresh = json.loads(result.stdout.strip().splitlines()[-1])
+    assert fresh["model"].startswith("transformers_modules.") and len(fresh["ids"][0]) >= 1
+
+
+class Kill(TrainerCallback):
+    """Dies right after step `at`, as a killed job would (the checkpoint before it is on disk)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt(f"killed after step {self.at}")
+
+
+def test_a_killed_run_resumes_to_the_same_weights(parts, tmp_path):
+    extra = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--augment",
+             "--lora_dropout", "0.1", "--per_device_train_batch_size", "2", "--load_in_8bit"]  # fmt: skip
+    train_mblip.main(cli(parts, tmp_path / "straight", *extra))
+    with pytest.raises(KeyboardInterrupt):
+        train_mblip.main(cli(parts, tmp_path / "killed", *extra), callbacks=[Kill(at=5)])
+    assert (tmp_path / "killed" / "checkpoint-4" / "trainable.safetensors").is_file()
+    assert not (tmp_path / "killed" / "config.json").exists()  # nothing that looks finished
+    trainer, _ = train_mblip.main(cli(parts, tmp_path / "killed", *extra))  # resumes from checkpoint-4 by itself
+    assert trainer.state.global_step == 6
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_broken_rows_are_skipped_counted_and_reported(parts, tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    os.symlink(tmp_path / "corrupt.png", parts / "images" / "corrupt-link.png") if not (
+        parts / "images" / "corrupt-link.png").exists() else None  # fmt: skip
+    good = [json.loads(line) for line in (parts / "train.jsonl").read_text().splitlines()]
+    bad = [
+        {"image_id": "missing.png", "context": "x", "label": "y"},
+        {"image_id": "corrupt-link.png", "context": "x", "label": "y"},
+        {"image_id": "red.png", "context": "x", "label": "  "},
+        {"image_id": None, "context": "x", "label": "y"},
+    ]
+    write_jsonl(tmp_path / "mixed.jsonl", good + bad)
+    with pytest.raises(ValueError, match=r"4 of 12 train rows \(33.3%\) are unusable, more than --max_bad_rows 0.01"):
+        train_mblip.main(cli(parts, tmp_path / "strict", "--max_steps", "1", train_file=tmp_path / "mixed.jsonl"))
+    train_mblip.main(cli(parts, tmp_path / "lenient", "--max_steps", "1", "--max_bad_rows", "0.5",
+                         train_file=tmp_path / "mixed.jsonl"))  # fmt: skip
+    report = json.loads((tmp_path / "lenient" / "data_report.json").read_text())
+    assert report["train"]["rows"] == 12 and report["train"]["bad_rows"] == 4
+    assert report["train"]["by_reason"] == {
+        "missing image": 1, "unreadable image": 1, "empty target": 1, "no image": 1}  # fmt: skip
+    assert [e["row"] for e in report["train"]["examples"]] == [8, 9, 10, 11]
+    assert "4 were skipped as unusable" in (tmp_path / "lenient" / "README.md").read_text()
+
+
+def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts, tmp_path):
+    from train_mblip import DataArguments, MBlipCollator
+    from mblip.processing_mblip import MBlipProcessor
+
+    import struct
+    import zlib
+
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp_path / "full.jpg", quality=95)
+    # A PNG whose pixel data is garbage behind valid chunk checksums: verify() passes, decoding fails.
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    start = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[start : start + 4])[0]
+    garbage = bytes(range(length))
+    chunk = struct.pack(">I", length) + b"IDAT" + garbage + struct.pack(">I", zlib.crc32(b"IDAT" + garbage))
+    (tmp_path / "truncated.jpg").write_bytes(data[:start] + chunk + data[start + 12 + length :])
+    args = DataArguments(train_file="x.jsonl", image_root=str(tmp_path))
+    assert train_mblip.find_problem({"image_id": "truncated.jpg", "label": "y"}, args) == ""
+    collator = MBlipCollator(MBlipProcessor.from_pretrained(parts / "blip2", is_encoder_decoder=False), args)
+    batch = collator([{"image_id": "full.jpg", "context": "a", "label": "b"},
+                      {"image_id": "truncated.jpg", "context": "a", "label": "b"}])  # fmt: skip
+    assert batch["pixel_values"].shape[0] == 1 and collator.failures == 1
+    with pytest.raises(RuntimeError, match="Every image of a batch of 1 rows failed to decode"):
+        collator([{"image_id": "truncated.jpg", "context": "a", "label": "b"}])
+
+
+def test_two_processes_under_accelerate_launch(parts, tmp_path):
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "train_mblip.py",
+               *cli(parts, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Process rank 1, device cpu" in result.stdout + result.stderr
+    assert "distributed True" in result.stdout + result.stderr
+    state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "ddp" / "config.json").is_file()
+
+
+def test_arguments_come_from_the_command_line_or_one_yaml_file(parts, tmp_path):
+    (tmp_path / "args.yaml").write_text(
+        f"model_name_or_path: {parts / 'blip2'}\ntrain_file: {parts / 'train.jsonl'}\noutput_dir: {tmp_path}\n"
+        "load_in_4bit: true\nlora_r: 4\n"
+    )
+    model_args, data_args, training_args = train_mblip.parse_args([str(tmp_path / "args.yaml")])
+    assert model_args.load_in_4bit and model_args.lora_r == 4 and data_args.image_column == "image_id"
+    assert (training_args.learning_rate, training_args.qformer_learning_rate, training_args.lora_learning_rate) == (
+        5e-5, 1e-5, 2e-4)  # fmt: skip
+    with pytest.raises(ValueError, match="Choose one of --load_in_8bit and --load_in_4bit"):
+        train_mblip.parse_args(cli(parts, tmp_path, "--load_in_8bit", "--load_in_4bit"))
+    with pytest.raises(ValueError, match="either --model_name_or_path"):
+        train_mblip.parse_args(cli(parts, tmp_path, "--model_name_or_path", "x"))
+    with pytest.raises(ValueError, match="max_bad_rows is a fraction"):
+        train_mblip.parse_args(cli(parts, tmp_path, "--max_bad_rows", "3"))
+
+
+@pytest.mark.parametrize("name", ["multi_gpu.yaml", "deepspeed_zero2.yaml", "fsdp.yaml", "cpu_2proc.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join("configs", name))
+    expected = {"multi_gpu.yaml": "MULTI_GPU", "deepspeed_zero2.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP",
+                "cpu_2proc.yaml": "MULTI_CPU"}[name]  # fmt: skip
+    assert str(config.distributed_type).endswith(expected)
+    if name == "deepspeed_zero2.yaml":
+        assert config.deepspeed_config["zero_stage"] == 2
