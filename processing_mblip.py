@@ -102,7 +102,8 @@ class MBlipProcessor(ProcessorMixin):
         if is_encoder_decoder is None:
             raise ValueError(
                 "MBlipProcessor needs `is_encoder_decoder` (the LLM family it prepares inputs for); build it with "
-                "MBlipProcessor.for_model_config(model.config, image_processor, tokenizer)."
+                "MBlipProcessor.for_model_config(model.config, image_processor, tokenizer), or turn a checkpoint in "
+                "BLIP-2 format into an mBLIP repository: python convert_mblip.py --from_blip2 SRC --output_dir DST"
             )
         self.is_encoder_decoder = bool(is_encoder_decoder)
         self.max_length = max_length
