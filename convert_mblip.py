@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Released checkpoints and parts in, Hub-ready mBLIP model repositories out.
+r"""Released checkpoints and parts in, Hub-ready mBLIP model repositories out.
 
     # A transformers BLIP-2 checkpoint (the format the official mBLIP weights were released in) -> mBLIP repository
     python convert_mblip.py --from_blip2 Gregor/mblip-mt0-xl --output_dir mblip-mt0-xl

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Re-align BLIP-2's vision stack to a multilingual LLM with quantized LoRA: mBLIP's training, as a Trainer run.
+r"""Re-align BLIP-2's vision stack to a multilingual LLM with quantized LoRA: mBLIP's training, as a Trainer run.
 
 Instruction training from parts (the paper's defaults: Q-Former, queries, projection and LoRA on all LLM linear layers;
 learning rates 5e-5 projection / 1e-5 Q-Former / 2e-4 LoRA):
