@@ -16,8 +16,12 @@ The paper's warm-up stage (projection only, learning rate 5e-3) adds:
 Continue from an mBLIP checkpoint with --model_name_or_path instead of the two parts. Any argument can also come from
 one JSON or YAML file: `accelerate launch train_mblip.py args.yaml`. A killed run resumes from the last checkpoint in
 output_dir (or --resume_from_checkpoint DIR). The output_dir ends as a complete model repository.
+
+With no arguments at all, `python train_mblip.py` runs the offline demo (demo/realign.py): an English BLIP-2 and a
+multilingual LM trained here in miniature, then re-aligned by this script, evaluated in eight languages.
 """
 
+import hashlib
 import json
 import logging
 import math
@@ -139,6 +143,12 @@ class DataArguments:
     augment: bool = field(
         default=False, metadata={"help": "The paper's augmentation: random resized crop (scale 0.5-1) and h-flip."}
     )
+    image_features_cache: str | None = field(
+        default=None,
+        metadata={"help": "Compute the frozen ViT's outputs once per image into this folder (safetensors shards; an "
+                  "interrupted build resumes) and train on them: no step runs the ViT again. Needs a frozen ViT and "
+                  "no --augment. Disk: patches x width x dtype bytes per image (ViT-g at 224 px in bf16: 0.7 MB)."},
+    )  # fmt: skip
     max_length: int | None = field(
         default=None, metadata={"help": "Truncate prompts and targets to this many tokens (with a warning)."}
     )
@@ -158,6 +168,9 @@ class DataArguments:
                 raise ValueError(f"--{name} must be .json, .jsonl, .csv or .parquet, got {path!r}")
         if not 0.0 <= self.max_bad_rows <= 1.0:
             raise ValueError(f"--max_bad_rows is a fraction between 0 and 1, got {self.max_bad_rows}")
+        if self.image_features_cache and self.augment:
+            raise ValueError("--image_features_cache stores one ViT output per image file: it cannot follow --augment's "
+                             "random crops and flips. Drop one of the two.")
 
 
 @dataclass
@@ -271,14 +284,153 @@ def random_resized_crop(image: Image.Image, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 
     return image.crop((left, top, left + side, top + side))
 
 
+class ImageFeaturesCache:
+    """The frozen ViT's output for each image file, computed once and stored in `folder` as safetensors shards.
+
+    With a frozen ViT and no augmentation, every epoch would compute the same ViT outputs again: for mBLIP mT0-XL the
+    ViT-g forward is about half of a training step's model FLOPs (BENCHMARKS.md). Each shard holds up to `shard_size`
+    images, keyed by a hash of the image's path, and is written atomically, so an interrupted build keeps its finished
+    shards and resumes. `cache.json` records a fingerprint of the ViT weights and the image processor settings; a
+    cache made by another ViT or other preprocessing is refused rather than silently used.
+    """
+
+    INFO = "cache.json"
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str, shard_size: int = 1024):
+        self.folder, self.fingerprint, self.shard_size = Path(folder), fingerprint, shard_size
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info_path = self.folder / self.INFO
+        if info_path.is_file():
+            seen = json.loads(info_path.read_text(encoding="utf-8"))["fingerprint"]
+            if seen != fingerprint:
+                raise ValueError(
+                    f"--image_features_cache {str(self.folder)!r} holds features of another ViT or image "
+                    f"preprocessing (fingerprint {seen[:12]}, this run {fingerprint[:12]}); use another folder or "
+                    "delete it"
+                )
+        else:
+            write_text_atomic(info_path, json.dumps({"fingerprint": fingerprint}, indent=1))
+        self.shard_of = self._read_index()
+
+    @staticmethod
+    def key(path: str) -> str:
+        return hashlib.sha1(os.path.normpath(path).encode("utf-8")).hexdigest()
+
+    def _read_index(self) -> dict[str, str]:
+        from safetensors import safe_open
+
+        index = {}
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            with safe_open(shard, framework="pt") as f:
+                index.update(dict.fromkeys(f.keys(), shard.name))
+        return index
+
+    def missing(self, paths) -> list[str]:
+        return sorted({p for p in paths if self.key(p) not in self.shard_of})
+
+    def build(self, paths, encode, batch_size: int) -> dict:
+        """Encodes the images not cached yet with `encode(list of paths) -> (features, failed paths)`."""
+        todo = self.missing(paths)
+        failed = []
+        number = len(list(self.folder.glob("shard-*.safetensors")))
+        for start in range(0, len(todo), self.shard_size):
+            chunk, tensors = todo[start : start + self.shard_size], {}
+            for i in range(0, len(chunk), batch_size):
+                features, bad = encode(chunk[i : i + batch_size])
+                tensors.update((self.key(p), f) for p, f in features.items())
+                failed += bad
+            name = f"shard-{number:05d}.safetensors"
+            tmp = self.folder / f".{name}.tmp"
+            save_file(tensors, tmp)
+            os.replace(tmp, self.folder / name)
+            self.shard_of.update(dict.fromkeys(tensors, name))
+            number += 1
+            logger.info("Image features: %d of %d new images encoded", min(start + self.shard_size, len(todo)), len(todo))
+        return {"encoded": len(todo) - len(failed), "cached_before": len(set(paths)) - len(todo), "failed": failed}
+
+    def load(self, paths: list[str]) -> list[torch.Tensor | None]:
+        """The features of each path (None for an image that failed to decode when the cache was built)."""
+        from safetensors import safe_open
+
+        by_shard = {}
+        for i, path in enumerate(paths):
+            shard = self.shard_of.get(self.key(path))
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(i)
+        out = [None] * len(paths)
+        for shard, positions in by_shard.items():
+            with safe_open(self.folder / shard, framework="pt") as f:
+                for i in positions:
+                    out[i] = f.get_tensor(self.key(paths[i]))
+        return out
+
+
+def write_text_atomic(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def vision_fingerprint(vision_model: torch.nn.Module, image_processor) -> str:
+    """sha256 of the ViT's weights and the image preprocessing settings: what the cached features depend on."""
+    digest = hashlib.sha256(image_processor.to_json_string().encode("utf-8"))
+    for name, tensor in sorted(vision_model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_image_features_cache(model, processor, datasets_to_cache, data_args, batch_size: int) -> ImageFeaturesCache:
+    """Fills --image_features_cache with the ViT outputs of every image the datasets use (main process first)."""
+    vision_model = getattr(model, "get_base_model", lambda: model)().vision_model
+    cache = ImageFeaturesCache(data_args.image_features_cache, vision_fingerprint(vision_model, processor.image_processor))
+    paths = {
+        path
+        for dataset in datasets_to_cache
+        for value in dataset[data_args.image_column]
+        for path in image_paths(value, data_args.image_root)
+    }
+    weight = vision_model.embeddings.patch_embedding.weight
+
+    def encode(batch_paths):
+        images, kept, failed = [], [], []
+        for path in batch_paths:
+            try:
+                with Image.open(path) as image:
+                    image.load()
+                    images.append(image.copy())
+                kept.append(path)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                logger.warning("Not caching an image that fails to decode (%s): %s", path, err)
+                failed.append(path)
+        if not images:
+            return {}, failed
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            hidden = vision_model(pixel_values=pixels.to(weight.device, weight.dtype), return_dict=True).last_hidden_state
+        return {p: h.cpu().contiguous() for p, h in zip(kept, hidden)}, failed
+
+    was_training = vision_model.training
+    vision_model.eval()
+    try:
+        result = cache.build(paths, encode, batch_size)
+    finally:
+        vision_model.train(was_training)
+    logger.info("Image features cache %s: %d images encoded now, %d already cached, %d failed to decode",
+                cache.folder, result["encoded"], result["cached_before"], len(result["failed"]))  # fmt: skip
+    return cache
+
+
 @dataclass
 class MBlipCollator:
-    """Loads each row's image(s), optionally augments them, and builds the model's input contract."""
+    """Loads each row's image(s) (or their cached ViT outputs), optionally augments them, and builds the model's input
+    contract."""
 
     processor: MBlipProcessor
     data_args: DataArguments
     augment: bool = False
     failures: int = 0
+    features: ImageFeaturesCache | None = None
 
     def load(self, path: str) -> Image.Image:
         with Image.open(path) as image:
@@ -291,6 +443,8 @@ class MBlipCollator:
         return image
 
     def __call__(self, rows: list[dict]) -> dict:
+        if self.features is not None:
+            return self.from_features(rows)
         args = self.data_args
         images, prompts, targets = [], [], []
         for row in rows:
@@ -307,6 +461,24 @@ class MBlipCollator:
         if not images:
             raise RuntimeError(f"Every image of a batch of {len(rows)} rows failed to decode; see the warnings above")
         return dict(self.processor(images=images, text=prompts, text_target=targets))
+
+    def from_features(self, rows: list[dict]) -> dict:
+        args = self.data_args
+        embeds, prompts, targets = [], [], []
+        for row in rows:
+            value = row[args.image_column]
+            loaded = self.features.load(image_paths(value, args.image_root))
+            if any(f is None for f in loaded):
+                self.failures += 1  # the image failed to decode when the cache was built; logged then
+                continue
+            embeds.append(torch.stack(loaded) if isinstance(value, (list, tuple)) else loaded[0])
+            prompts.append(str(row.get(args.prompt_column) or ""))
+            targets.append(str(row[args.target_column]))
+        if not embeds:
+            raise RuntimeError(f"No image of a batch of {len(rows)} rows has cached features; see the warnings above")
+        batch = dict(self.processor(text=prompts, text_target=targets))
+        batch["image_embeds"] = torch.stack(embeds)
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -647,7 +819,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
     logger.info("Parameters per part: %s", json.dumps(count_parameters(model)))
 
     # ---- train
-    collator = MBlipCollator(processor, data_args, augment=data_args.augment)
+    features = None
+    if data_args.image_features_cache:
+        if model_args.train_vision_model:
+            raise ValueError("--image_features_cache needs a frozen ViT; it cannot go with --train_vision_model")
+        with training_args.main_process_first(desc="caching image features"):
+            batch_size = max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size)
+            features = build_image_features_cache(
+                model, processor, [d for d in (train_dataset, eval_dataset) if d is not None], data_args, batch_size
+            )
+    collator = MBlipCollator(processor, data_args, augment=data_args.augment, features=features)
     trainer = MBlipTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=collator, callbacks=callbacks,
@@ -682,4 +863,10 @@ def main(argv=None, callbacks=None):
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 1:
+        # No arguments: the offline demo, mBLIP in miniature on generated data (demo/realign.py; options there).
+        from demo.realign import main as demo
+
+        demo()
+    else:
+        main()

@@ -294,3 +294,80 @@ def test_accelerate_configs_load(name):
     assert str(config.distributed_type).endswith(expected)
     if name == "deepspeed_zero2.yaml":
         assert config.deepspeed_config["zero_stage"] == 2
+
+
+class CountViTCalls(TrainerCallback):
+    def __init__(self):
+        self.calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.vision_model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+
+def test_cached_image_features_train_like_pixels_without_running_the_vit(parts, tmp_path):
+    extra = ["--max_steps", "4", "--lora_dropout", "0.0", "--learning_rate", "1e-3", "--warmup_steps", "0"]
+    pixels, cached = CountViTCalls(), CountViTCalls()
+    from_pixels, _ = train_mblip.main(cli(parts, tmp_path / "pixels", *extra), callbacks=[pixels])
+    from_cache, _ = train_mblip.main(
+        cli(parts, tmp_path / "cached", *extra, "--image_features_cache", str(tmp_path / "features")), callbacks=[cached]
+    )
+    assert pixels.calls == 4 and cached.calls == 0
+    losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (from_pixels, from_cache)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+    a, b = load_file(tmp_path / "pixels" / "model.safetensors"), load_file(tmp_path / "cached" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
+    assert len(list((tmp_path / "features").glob("shard-*.safetensors"))) == 1  # 4 images, one shard
+
+
+def test_image_features_cache_resumes_refuses_another_vit_and_skips_undecodable_images(parts, tmp_path):
+    import datasets
+
+    from mblip.processing_mblip import MBlipProcessor
+
+    model = MBlipForConditionalGeneration.from_pretrained(parts / "blip2").eval()
+    processor = MBlipProcessor.from_pretrained(parts / "blip2", is_encoder_decoder=False)
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    for name in ("red.png", "green.png", "blue.png"):
+        (tmp_path / name).symlink_to(parts / "images" / name)
+    args = train_mblip.DataArguments(train_file="x.jsonl", image_root=str(tmp_path), image_features_cache=str(tmp_path / "c"))
+
+    def rows(*names):
+        return datasets.Dataset.from_list([{"image_id": n, "context": "", "label": "x"} for n in names])
+
+    cache = train_mblip.build_image_features_cache(model, processor, [rows("red.png", "green.png")], args, batch_size=2)
+    first_shard = next((tmp_path / "c").glob("shard-*")).stat().st_mtime_ns
+    # A larger dataset later: only the new images are encoded, into a new shard; the first is untouched.
+    cache = train_mblip.build_image_features_cache(
+        model, processor, [rows("red.png", "blue.png", "ok.png", "broken.png"), rows(["green.png", "blue.png"])], args, 2
+    )
+    assert len(cache.shard_of) == 4 and len(list((tmp_path / "c").glob("shard-*"))) == 2
+    assert next(iter(sorted((tmp_path / "c").glob("shard-*")))).stat().st_mtime_ns == first_shard
+    # The cached features are the ViT's output.
+    pixels = processor.image_processor(Image.open(tmp_path / "blue.png"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=pixels).last_hidden_state[0]
+    torch.testing.assert_close(cache.load([str(tmp_path / "blue.png")])[0], expected)
+    # The collator trains from them: rows with several images stack per row; an undecodable image's row is skipped.
+    collator = train_mblip.MBlipCollator(processor, args, features=cache)
+    batch = collator([{"image_id": "red.png", "context": "a", "label": "b"},
+                      {"image_id": "broken.png", "context": "a", "label": "b"}])  # fmt: skip
+    assert "pixel_values" not in batch and batch["image_embeds"].shape[0] == 1 and collator.failures == 1
+    pair = collator([{"image_id": ["green.png", "blue.png"], "context": "a", "label": "b"}])
+    assert pair["image_embeds"].shape[:2] == (1, 2)
+    assert model(**pair).loss.isfinite()
+    # Another ViT (or other preprocessing) must not reuse these features.
+    with torch.no_grad():
+        model.vision_model.post_layernorm.bias.add_(1.0)
+    with pytest.raises(ValueError, match="holds features of another ViT or image preprocessing"):
+        train_mblip.build_image_features_cache(model, processor, [rows("red.png")], args, 2)
+
+
+def test_image_features_cache_refuses_augmentation_and_a_trained_vit(parts, tmp_path):
+    with pytest.raises(ValueError, match="cannot follow --augment"):
+        train_mblip.main(cli(parts, tmp_path / "a", "--augment", "--image_features_cache", str(tmp_path / "c")))
+    with pytest.raises(ValueError, match="needs a frozen ViT"):
+        train_mblip.main(cli(parts, tmp_path / "b", "--train_vision_model", "--max_steps", "1",
+                             "--image_features_cache", str(tmp_path / "c")))  # fmt: skip
