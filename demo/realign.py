@@ -73,7 +73,7 @@ FULL = Budget(
     representation=Schedule(steps=1500, batch_size=32, learning_rate=1e-3, log_every=20),
     english=Schedule(steps=1000, batch_size=32, learning_rate=1e-3, log_every=20),
     text=Schedule(steps=800, batch_size=32, learning_rate=2e-3, log_every=20),
-    realign=Realignment(steps=600, batch_size=32, learning_rate=2e-3, qformer_learning_rate=1e-3,
+    realign=Realignment(steps=1500, batch_size=32, learning_rate=2e-3, qformer_learning_rate=1e-3,
                         lora_learning_rate=2e-3),
 )  # fmt: skip
 QUICK = Budget(
@@ -328,7 +328,11 @@ def evaluate_job(paths: Paths, budget: Budget, pivot: bool) -> dict:
 
 
 def evaluate(paths: Paths, budget: Budget, pivot: bool, timings: dict) -> None:
-    variants = (False, True) if pivot else (False,)
+    variants = [v for v in ((False, True) if pivot else (False,)) if not all(
+        evaluated(paths, v, task) for task in ("xm3600", "xgqa"))]  # fmt: skip
+    if not variants:
+        logger.info("eval: results exist and are newer than the models, skipped")
+        return
     jobs = [(evaluate_job, paths, budget, variant) for variant in variants]
     for variant, result in zip(variants, run_side_by_side(jobs)):
         timings["eval_pivot" if variant else "eval"] = result["seconds"]

@@ -29,7 +29,8 @@ SCRIPTS = {"en": "Latin", "de": "Latin", "pt": "Latin", "id": "Latin", "ru": "Cy
 COLOURS = {"red": (215, 48, 39), "green": (46, 160, 67), "blue": (44, 90, 220), "yellow": (240, 190, 20)}
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("top", "left", "right", "bottom")  # also the order in which captions list the shapes
-NUMBERS = {1: "one", 2: "two", 3: "three"}
+# Counts are answered in digits: the VQA answer normalisation (eval/metrics) turns number words into digits.
+NUMBERS = {1: "1", 2: "2", 3: "3"}
 QUESTION_KINDS = ("count", "colour", "shape", "exists", "where")
 
 IMAGE_SIZE = 48

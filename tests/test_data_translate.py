@@ -489,9 +489,6 @@ def test_shards_split_between_processes_are_done_once(tiny, tmp_path, monkeypatc
     assert sorted(workers[0].seen + workers[1].seen) == sorted(single.seen)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("MBLIP_SLOW_TESTS"), reason="~15 s: three processes import torch; set MBLIP_SLOW_TESTS=1"
-)
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo launcher")
 def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
     """`accelerate launch` with two CPU processes: shards split between them, one merged mix, same as one process."""
