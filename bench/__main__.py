@@ -43,7 +43,7 @@ class BenchArguments:
     )
     only: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": f"Parts to run, of {PARTS}."})
     families: list[str] = field(default_factory=lambda: ["mt5", "bloom"], metadata={"help": "LLM families."})
-    repeats: int = field(default=10, metadata={"help": "Alternating rounds per inference comparison."})
+    repeats: int = field(default=20, metadata={"help": "Alternating rounds per inference comparison (10 left batch-16 verdicts to chance)."})
     batch_sizes: list[int] | None = field(
         default=None, metadata={"help": "Inference batch sizes (default: 1 16 on CPU sizes, 1 16 64 full size)."}
     )
