@@ -9,6 +9,7 @@ from pathlib import Path
 INFERENCE_GOAL = 1.0  # issue 8: at least as fast as transformers' BLIP-2, with identical tokens
 TRAINING_GOAL = 1.3  # issue 4: >= 1.3x the baseline's samples/s ...
 MEMORY_TOLERANCE = 1.01  # ... with no more peak memory (1 % for page rounding and allocator noise)
+TRANSLATION_GOAL = 1.5  # issue 5: >= 1.5x the naive loop's sentences/s, same outputs
 CACHED = "mblip_cached"  # bench/training.py: train_mblip.py --image_features_cache
 
 GPU_INFERENCE = "python -m bench --device cuda --full_size --only inference"
@@ -130,13 +131,20 @@ def summary_section(data: dict) -> list[str]:
     for result in translation.get("results", []):
         speed = result.get("speedup_per_round")
         profile = result.get("setup", {}).get("profile", "")
-        rows.append([f"translation, {profile}", "faster than the naive loop, identical outputs",
+        rows.append([f"translation, {profile}", f">= {TRANSLATION_GOAL}x the naive loop's sentences/s, identical outputs",
                      f"{ratio(speed, 'sorted')}; outputs {result.get('n_identical')}/{result.get('setup', {}).get('n_sentences')} identical",
-                     "met" if speed and speed["median"] > 1 and result.get("identical_outputs") else "not met"])  # fmt: skip
+                     translation_verdict(speed, result.get("identical_outputs"))])  # fmt: skip
     if not rows:
         return []
     return ["### Goals against measurements", "",
             *table(["comparison", "goal", "measured: median of per-round ratios (min-max)", "verdict"], rows), ""]
+
+
+def translation_verdict(speed: dict | None, identical: bool | None) -> str:
+    reasons = [] if identical else ["outputs differ"]
+    if not speed or speed["median"] < TRANSLATION_GOAL:
+        reasons.append(f"{speed['median']:.2f}x < {TRANSLATION_GOAL}x" if speed else "not timed")
+    return "not met: " + ", ".join(reasons) if reasons else "met"
 
 
 def training_goal_row(label: str, speed: dict, memory: float | None) -> list[str]:
@@ -382,15 +390,8 @@ def translation_section(data: dict) -> list[str]:
     translation = data.get("translation")
     if not translation:
         return []
-    lines = ["### Translation: length-sorted batches (`data.translate`) vs the naive loop", ""]
-    if "skipped" in translation:
-        return lines + [f"Skipped: {translation['skipped']}.", ""]
-    if translation.get("markdown"):
-        return lines + [translation["markdown"], "", "(Table by `bench/translation.py`.)", ""]
-    lines += ["bench/translation.py's own table could not be rendered"
-              + (f" ({translation['markdown_error']})" if translation.get("markdown_error") else "") + "; its results:",
-              "", "```json", json.dumps(translation.get("results"), indent=1, default=str)[:4000], "```", ""]
-    return lines
+    return ["### Translation: length-sorted batches (`data.translate`) vs the naive loop", "",
+            translation["markdown"], "", "(Table by `bench/translation.py`.)", ""]  # fmt: skip
 
 
 METHOD = """### Method
@@ -471,6 +472,18 @@ def findings_section(results: dict[str, dict]) -> list[str]:
                 f"Tokens {'identical in every row' if same else 'DIFFER in some rows'}. Both sides run the same modules "
                 "and the LLM's own `generate`, so parity is what to expect; mBLIP's gain is the API (no placeholder "
                 "tokens, new tokens only) and, for decoder-only LLMs, less peak memory (see the table).")  # fmt: skip
+        for result in data.get("translation", {}).get("results", []):
+            profile, speed = result["setup"]["profile"], result.get("speedup_per_round")
+            bound = result.get("decode_positions_over_needed")
+            if speed and speed["median"] < TRANSLATION_GOAL and bound:
+                lines.append(
+                    f"- **Translation ({name}), {profile}**: {speed['median']:.2f}x, under the {TRANSLATION_GOAL}x "
+                    "goal. Ordering is the only difference between the sides, and a batch decodes until its longest "
+                    f"sentence's token budget: here the naive loop's batches decode {bound['naive']:.2f}x the token "
+                    f"positions the sentences' budgets need, sorted batches {bound['sorted']:.2f}x, so ordering can "
+                    f"only save {bound['naive_over_sorted']:.2f}x of the decoding (plus some encoder padding) at "
+                    "equal batch size. A shard of the real task mix (short answers, questions, captions and "
+                    "instructions together) is the task_mix row.")  # fmt: skip
         training = data.get("training")
         if not training:
             continue

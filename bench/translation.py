@@ -62,6 +62,25 @@ def naive_loop(translator, texts: list[str], language: str, batch_size: int) -> 
     return outputs
 
 
+def decode_positions(budgets: list[int], batch_size: int) -> int:
+    """Token positions a run decodes: each batch runs until its longest budget, for every row in it."""
+    return sum(max(chunk) * len(chunk) for chunk in (budgets[i : i + batch_size] for i in range(0, len(budgets), batch_size)))
+
+
+def padding_bound(translator, texts: list[str], batch_size: int) -> dict:
+    """How much decoding each ordering does beyond the sentences' own budgets (1.0 = none wasted).
+
+    The random decoder runs every sentence to its budget, so naive / sorted is what ordering alone can save in the
+    decoder at equal batch size.
+    """
+    lengths = [len(ids) for ids in translator.tokenizer(texts)["input_ids"]]
+    budgets = translator.budgets(lengths)
+    needed = sum(budgets)
+    naive = decode_positions(budgets, batch_size) / needed
+    sorted_ = decode_positions(sorted(budgets, reverse=True), batch_size) / needed
+    return {"naive": naive, "sorted": sorted_, "naive_over_sorted": naive / sorted_}
+
+
 def run(
     repeats: int = 5,
     n_sentences: int = 192,
@@ -114,6 +133,7 @@ def run(
         speedup_per_round=paired_ratio(times["naive"], times["sorted"]),
         identical_outputs=identical == len(texts),
         n_identical=identical,
+        decode_positions_over_needed=padding_bound(translator, texts, batch_size),
         setup={
             "repeats": repeats,
             "n_sentences": n_sentences,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bench.__main__ as bench_main
-from bench import common, inference, training
+from bench import common, inference, training, translation
 from bench.report import render
 
 
@@ -94,6 +94,32 @@ def test_report_renders_every_section(cli_results, tmp_path):
         assert heading in text, heading
     assert "python -m bench --device cuda --full_size" in text
     assert render(tmp_path / "empty").count("No results yet") == 1
+
+
+def test_translation_comparison_at_tiny_size(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        result = translation.run(repeats=1, n_sentences=24, batch_size=8, d_model=32, layers=1, profile="uniform")
+    finally:
+        torch.set_num_threads(threads)
+    assert result["identical_outputs"] and result["n_identical"] == 24  # ordering must not change a translation
+    assert result["speedup_per_round"]["n"] == 1
+    bound = result["decode_positions_over_needed"]
+    assert bound["naive"] >= bound["sorted"] >= 1.0
+    assert bound["naive_over_sorted"] == pytest.approx(bound["naive"] / bound["sorted"])
+    (tmp_path / "cpu.json").write_text(json.dumps(
+        {"machine": result["machine"], "translation": {"results": [result], "markdown": translation.markdown([result])}}))
+    text = render(tmp_path)
+    (row,) = [line for line in text.splitlines() if line.startswith("| translation, uniform |")]
+    met = result["speedup_per_round"]["median"] >= 1.5
+    assert row.endswith("| met |") if met else "| not met: " in row
+    assert ("**Translation (cpu), uniform**" in text) is not met
+    assert "(Table by `bench/translation.py`.)" in text
+
+
+def test_decode_positions_counts_each_batch_to_its_longest_budget():
+    assert translation.decode_positions([5, 1, 1, 3, 2], batch_size=2) == 5 * 2 + 3 * 2 + 2
+    assert translation.decode_positions([5, 3, 2, 1, 1], batch_size=2) == 5 * 2 + 2 * 2 + 1
 
 
 def test_identical_token_check_detects_a_difference():
