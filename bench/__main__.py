@@ -1,6 +1,6 @@
 """Every performance comparison in one run; writes the machine-readable results and BENCHMARKS.md.
 
-    python -m bench                                   # CPU sizes, ~10 minutes on 2 cores
+    python -m bench                                   # CPU sizes, ~12 minutes on 2 cores
     python -m bench --only inference training         # a subset
     python -m bench --render_only                     # rebuild BENCHMARKS.md from bench/results/*.json
 
@@ -56,7 +56,7 @@ class BenchArguments:
     static_cache: bool = field(default=False, metadata={"help": "Also time mBLIP with a static KV cache."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the vision stack (both sides share it)."})
     memory_repeats: int = field(default=2, metadata={"help": "Fresh processes per side for CPU inference memory."})
-    train_repeats: int = field(default=3, metadata={"help": "Fresh training runs per side."})
+    train_repeats: int = field(default=5, metadata={"help": "Fresh training runs per side."})
     train_steps: int | None = field(default=None, metadata={"help": "Steps per training run (default 8, full 10)."})
     train_warmup_steps: int | None = field(default=None, metadata={"help": "Steps left out of samples/s (2, full 3)."})
     train_batch_size: int | None = field(default=None, metadata={"help": "Training batch (default 4, full 8)."})

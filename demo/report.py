@@ -229,7 +229,9 @@ def write_score_chart(plt, report: dict, path: Path) -> None:
         axis.set_title(title, fontsize=9)
         axis.tick_params(axis="y", labelsize=7)
         axis.grid(axis="y", alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
+    # One legend for the figure, below the panels: inside a panel it covers bars.
+    legend = {label: handle for axis in axes for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
