@@ -6,6 +6,7 @@ sibling folder and renamed into place at the end, so a killed job never leaves a
 """
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -115,10 +116,10 @@ def model_card(
     lines = ["---", f"license: {license}", "library_name: transformers", "pipeline_tag: image-text-to-text"]
     if languages:
         lines.append("language:")
-        lines += [f"- {code}" for code in languages]
+        lines += [f"- {json.dumps(code)}" for code in languages]  # quoted: YAML 1.1 reads a bare `no` as false
     if base_models:
         lines.append("base_model:")
-        lines += [f"- {name}" for name in base_models]
+        lines += [f"- {json.dumps(name)}" for name in base_models]  # a local path may hold ": "
     lines += ["tags:", "- mblip", "- multilingual", "- vision-language", "- image-captioning", "- visual-question-answering"]
     if model_index:
         lines.append(model_index.rstrip())

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from transformers import (
     AutoProcessor,
     Blip2Config,
@@ -16,6 +17,7 @@ from transformers import (
 
 import convert_mblip
 from conftest import PROMPTS, build, make_blip2, random_pixels, save_llm
+from mblip.hub import model_card
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
 
@@ -185,7 +187,9 @@ def test_output_is_a_hub_ready_repository_loadable_offline_in_a_fresh_process(fa
     }
     readme = (repo / "README.md").read_text()
     assert readme.startswith("---\nlicense:") and "pipeline_tag: image-text-to-text" in readme
-    assert "base_model:" in readme and "trust_remote_code=True" in readme
+    assert "trust_remote_code=True" in readme
+    metadata = yaml.safe_load(readme.split("---\n", 2)[1])
+    assert metadata["base_model"] == [str(tmp_path / "blip2")] and metadata["library_name"] == "transformers"
 
     (tmp_path / "fresh.py").write_text(FRESH)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
@@ -258,3 +262,10 @@ def test_existing_output_is_not_overwritten_without_asking(tmp_path):
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out"), "--overwrite", "true"])
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
+
+
+def test_model_card_metadata_survives_yaml():
+    # "no" (Norwegian) is false to YAML 1.1, and a local path may hold ": ".
+    card = model_card("t", "d", ["/data/run: 2/blip2"], languages=["no", "en"])
+    metadata = yaml.safe_load(card.split("---\n", 2)[1])
+    assert metadata["language"] == ["no", "en"] and metadata["base_model"] == ["/data/run: 2/blip2"]

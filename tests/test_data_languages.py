@@ -1,7 +1,10 @@
 """Language table, sampling rules and language identification (data/languages.py)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
 
 from data.languages import (
     ENGLISH,
@@ -179,3 +182,12 @@ def test_language_check_statuses():
     # Malay and Indonesian are one language to the identifier: accepted both ways.
     assert language_check("Gambar ini menunjukkan seekor anjing di pantai.", "ms") == LANGID_MATCH
     assert language_check("Ang larawan ay nagpapakita ng aso sa dalampasigan.", "fil") == LANGID_MATCH
+
+
+def test_readme_model_card_lists_every_language_of_the_table():
+    # The README is also the model card: its YAML metadata must name the languages the toolkit trains.
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    _, front_matter, _ = text.split("---\n", 2)
+    metadata = yaml.safe_load(front_matter)
+    assert metadata["language"] == [ENGLISH, *TARGET_LANGUAGES]
+    assert metadata["pipeline_tag"] == "image-text-to-text" and metadata["library_name"] == "transformers"

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -164,7 +165,9 @@ def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, 
     assert not torch.equal(merged.language_model.lm_head.weight, torch.zeros(1))
 
     card = (output_dir / "README.md").read_text()
-    assert "language:\n- de\n- en" in card and "train_loss" in card and "eval_loss" in card
+    metadata = yaml.safe_load(card.split("---\n", 2)[1])
+    assert metadata["language"] == ["de", "en"] and metadata["pipeline_tag"] == "image-text-to-text"
+    assert "train_loss" in card and "eval_loss" in card
     assert "query_key_value" in card and '"lora_r": 8' in card and "8 rows" in card
 
     (tmp_path / "fresh.py").write_text(FRESH)
