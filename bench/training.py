@@ -510,14 +510,15 @@ def default_configs(device) -> list[dict]:
     a gap comes from that hook or from anything else.
     """
     careful = {"blip2_nonreentrant": {"baseline_gc_kwargs": {"use_reentrant": False}}}
-    # The paper's setting also runs train_mblip.py --image_features_cache (side "mblip_cached"): the frozen ViT's
-    # outputs computed once, so that no step runs the ViT.
+    # The 8-bit setting (and fp32 on CPU) also runs train_mblip.py --image_features_cache (side "mblip_cached"): the
+    # frozen ViT's outputs computed once, so that no step runs the ViT.
     if torch.device(device).type == "cuda":
         return [{"name": "int8+gc", "quantization": "int8", "gradient_checkpointing": True, "bf16": True,
                  "extra_baselines": careful, "cached_variant": True},
                 {"name": "int4+gc", "quantization": "int4", "gradient_checkpointing": True, "bf16": True,
                  "extra_baselines": careful}]  # fmt: skip
-    return [{"name": "fp32", "quantization": None, "gradient_checkpointing": False, "bf16": False},
+    return [{"name": "fp32", "quantization": None, "gradient_checkpointing": False, "bf16": False,
+             "cached_variant": True},
             {"name": "int8+gc", "quantization": "int8", "gradient_checkpointing": True, "bf16": False,
              "extra_baselines": careful, "cached_variant": True}]  # fmt: skip
 
