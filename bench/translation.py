@@ -64,7 +64,8 @@ def naive_loop(translator, texts: list[str], language: str, batch_size: int) -> 
 
 def decode_positions(budgets: list[int], batch_size: int) -> int:
     """Token positions a run decodes: each batch runs until its longest budget, for every row in it."""
-    return sum(max(chunk) * len(chunk) for chunk in (budgets[i : i + batch_size] for i in range(0, len(budgets), batch_size)))
+    chunks = (budgets[i : i + batch_size] for i in range(0, len(budgets), batch_size))
+    return sum(max(chunk) * len(chunk) for chunk in chunks)
 
 
 def padding_bound(translator, texts: list[str], batch_size: int) -> dict:
