@@ -11,7 +11,6 @@ Both write ordinary transformers folders, which train_mblip.py then assembles wi
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -31,6 +30,7 @@ from transformers import (
 )
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
+from data.storage import atomic_write_json
 from mblip.configuration_mblip import MBlipConfig
 from mblip.hub import model_card, save_model_repository
 from mblip.modeling_mblip import MBlipForConditionalGeneration
@@ -303,6 +303,6 @@ def train_multilingual_lm(rows: list[dict], output_dir: Path, schedule: Schedule
 
 
 def save_history(history: list[dict] | dict[str, list[dict]], path: Path, seconds: float) -> None:
-    path.write_text(json.dumps({"seconds": seconds, "log_history": history}, indent=1), encoding="utf-8")
+    atomic_write_json(path, {"seconds": seconds, "log_history": history})
 
 

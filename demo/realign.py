@@ -32,8 +32,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.storage import atomic_write_json
+
 from .pretrain import Schedule
-from .world import LANGUAGES, SCRIPTS
+from .world import LANGUAGES
 
 
 logger = logging.getLogger("demo")
@@ -181,8 +183,7 @@ def check_settings(paths: Paths, settings: dict) -> None:
                 "use another --output_dir or delete that folder"
             )
     else:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+        atomic_write_json(path, settings)
 
 
 # ================================================================================================ 1. world
@@ -190,7 +191,9 @@ def build_world(paths: Paths, budget: Budget, seed: int) -> dict:
     """Images (kept if present: pixels are a function of the scene), training files and the held-out benchmark
     files (rewritten: cheap and deterministic). Returns the rows of each training stage."""
     from .mix import image_rows, text_rows
-    from .world import make_scenes, save_images, write_jsonl, write_xgqa, write_xm3600
+    from data.storage import write_jsonl
+
+    from .world import make_scenes, save_images, write_xgqa, write_xm3600
 
     train, test = make_scenes(seed, budget.n_train, budget.n_test)
     save_images(train + test, paths.images)
@@ -201,7 +204,7 @@ def build_world(paths: Paths, budget: Budget, seed: int) -> dict:
         "mix_english": image_rows(train, seed, "mix", languages=("en",)),
     }
     for name, stage_rows in rows.items():
-        write_jsonl(stage_rows, paths.world / f"{name}.jsonl")
+        write_jsonl(paths.world / f"{name}.jsonl", stage_rows)
     rows["scenes"] = train
     write_xm3600(test, paths.xm3600 / "captions.jsonl")
     write_xgqa(test, paths.xgqa, seed, per_scene=budget.questions_per_test_scene)
@@ -371,7 +374,7 @@ def main(output_dir: str = "outputs/demo", quick: bool = False, english_pivot: b
         timings["report"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - start
         report["timings"] = {k: round(v, 1) for k, v in timings.items()}
-        (paths.root / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+        atomic_write_json(paths.root / "report.json", report)
         print(format_report(report))
         return report
     finally:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from data.storage import atomic_open, write_jsonl
+
 
 LANGUAGES = ("en", "de", "pt", "id", "ru", "zh", "ko", "bn")
 SCRIPTS = {"en": "Latin", "de": "Latin", "pt": "Latin", "id": "Latin", "ru": "Cyrillic", "zh": "Han",
@@ -364,20 +366,21 @@ def save_images(scenes: list[Scene], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for scene in scenes:
         path = folder / image_name(scene)
-        if not path.exists():
-            render(scene).save(path, format="JPEG", quality=95, subsampling=0)
+        if not path.exists():  # written atomically: a killed run leaves no truncated image to keep
+            with atomic_open(path, "wb") as handle:
+                render(scene).save(handle, format="JPEG", quality=95, subsampling=0)
 
 
 def write_xm3600(scenes: list[Scene], path: Path, languages=LANGUAGES) -> None:
     """XM3600's captions.jsonl: one object per image with every language's captions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for scene in scenes:
-            row = {"image/key": scene.id, "image/locale": "en"}
-            for lang in languages:
-                text = caption(scene, lang)
-                row[lang] = {"caption": [text], "caption/tokenized": [text.lower()]}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for scene in scenes:
+        row = {"image/key": scene.id, "image/locale": "en"}
+        for lang in languages:
+            text = caption(scene, lang)
+            row[lang] = {"caption": [text], "caption/tokenized": [text.lower()]}
+        rows.append(row)
+    write_jsonl(path, rows)
 
 
 def write_xgqa(scenes: list[Scene], folder: Path, seed: int, per_scene: int = 2, languages=LANGUAGES) -> None:
@@ -391,13 +394,7 @@ def write_xgqa(scenes: list[Scene], folder: Path, seed: int, per_scene: int = 2,
                                  "fullAnswer": q.answer, "kind": q.kind}
             for i, (scene, q) in enumerate(asked)
         }  # fmt: skip
-        out = folder / "few_shot" / lang / "test.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, ensure_ascii=False, indent=1), encoding="utf-8")
+        with atomic_open(folder / "few_shot" / lang / "test.json") as handle:
+            json.dump(rows, handle, ensure_ascii=False, indent=1)
 
 
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
