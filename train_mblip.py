@@ -39,9 +39,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors
 from transformers import BitsAndBytesConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from data.storage import atomic_open, atomic_write_json
 from mblip.hub import model_card, move_into, save_model_repository, write_model_repository
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
@@ -211,6 +213,17 @@ def image_paths(value, image_root: str) -> list[str]:
     return [os.path.join(image_root, str(v)) for v in values]
 
 
+# What PIL raises for a missing, truncated or corrupt image file.
+IMAGE_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
+def open_image(path: str) -> Image.Image:
+    """The decoded image, detached from its file (raises one of IMAGE_DECODE_ERRORS)."""
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
 def find_problem(row: dict, data_args: DataArguments) -> str:
     """'' for a usable row, else the reason it cannot be trained on."""
     target = row.get(data_args.target_column)
@@ -225,7 +238,7 @@ def find_problem(row: dict, data_args: DataArguments) -> str:
         try:
             with Image.open(path) as image:
                 image.verify()  # reads the whole file and checks its structure, without decoding pixels
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except IMAGE_DECODE_ERRORS:
             return "unreadable image"
     return ""
 
@@ -309,7 +322,7 @@ class ImageFeaturesCache:
                     "delete it"
                 )
         else:
-            write_text_atomic(info_path, json.dumps({"fingerprint": fingerprint}, indent=1))
+            atomic_write_json(info_path, {"fingerprint": fingerprint})
         self.shard_of = self._read_index()
 
     @staticmethod
@@ -340,9 +353,8 @@ class ImageFeaturesCache:
                 tensors.update((self.key(p), f) for p, f in features.items())
                 failed += bad
             name = f"shard-{number:05d}.safetensors"
-            tmp = self.folder / f".{name}.tmp"
-            save_file(tensors, tmp)
-            os.replace(tmp, self.folder / name)
+            with atomic_open(self.folder / name, "wb") as handle:
+                handle.write(save_safetensors(tensors))
             self.shard_of.update(dict.fromkeys(tensors, name))
             number += 1
             logger.info("Image features: %d of %d new images encoded", min(start + self.shard_size, len(todo)), len(todo))
@@ -363,12 +375,6 @@ class ImageFeaturesCache:
                 for i in positions:
                     out[i] = f.get_tensor(self.key(paths[i]))
         return out
-
-
-def write_text_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def vision_fingerprint(vision_model: torch.nn.Module, image_processor) -> str:
@@ -396,11 +402,9 @@ def build_image_features_cache(model, processor, datasets_to_cache, data_args, b
         images, kept, failed = [], [], []
         for path in batch_paths:
             try:
-                with Image.open(path) as image:
-                    image.load()
-                    images.append(image.copy())
+                images.append(open_image(path))
                 kept.append(path)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            except IMAGE_DECODE_ERRORS as err:
                 logger.warning("Not caching an image that fails to decode (%s): %s", path, err)
                 failed.append(path)
         if not images:
@@ -433,9 +437,7 @@ class MBlipCollator:
     features: ImageFeaturesCache | None = None
 
     def load(self, path: str) -> Image.Image:
-        with Image.open(path) as image:
-            image.load()
-            image = image.copy()
+        image = open_image(path)
         if self.augment:
             image = random_resized_crop(image)
             if float(torch.rand(1)) < 0.5:
@@ -450,7 +452,7 @@ class MBlipCollator:
         for row in rows:
             try:
                 loaded = [self.load(p) for p in image_paths(row[args.image_column], args.image_root)]
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            except IMAGE_DECODE_ERRORS as err:
                 # Passed the up-front check but fails to decode (e.g. a truncated file): skip it, never substitute.
                 self.failures += 1
                 logger.warning("Skipping a row whose image fails to decode (%s): %s", row[args.image_column], err)
