@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
+from data.storage import atomic_open
+
 from . import common
 
 
@@ -115,10 +117,8 @@ def results_path(args) -> Path:
 
 def save(results: dict, path: Path):
     # Written after every part, so that a long GPU run that dies keeps what it measured.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_open(path) as handle:
+        json.dump(results, handle, indent=1, default=str)
 
 
 def run_translation(repeats: int) -> dict:
