@@ -16,6 +16,7 @@ from torch import nn
 
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2VisionModel
 from transformers.utils import logging
@@ -108,6 +109,10 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         else:
             self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        # Every label that is not -100 is a prediction target for both LLM families (the decoder-only loss lets the
+        # last visual position predict the first text token). Without a causal-LM loss type, the Trainer counts
+        # `num_items_in_batch` over all labels instead of `labels[..., 1:]`.
+        self.loss_type = None
 
     # ---------------------------------------------------------------- loading
     # The vision stack that is not quantized when a bitsandbytes config arrives without its own skip list.
@@ -334,7 +339,8 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
                 an empty prompt.
             labels (`(batch, target_len)` or `(batch, seq)`): target ids with -100 where no loss is taken.
             image_embeds: precomputed ViT outputs instead of `pixel_values`.
-            kwargs: passed to the LLM (e.g. `num_items_in_batch` from the Trainer).
+            kwargs: passed to the LLM, except `num_items_in_batch` (from the Trainer under gradient accumulation):
+                with it the loss is the sum over target tokens divided by it, for both LLM families.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if input_ids is None and inputs_embeds is None:
@@ -343,18 +349,28 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         image_features = self.get_image_features(pixel_values, image_embeds, interpolate_pos_encoding)
         embeds, mask = self._build_llm_inputs(image_features, input_ids, attention_mask, inputs_embeds)
 
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         if self.config.is_encoder_decoder:
             # Step 4 (encoder-decoder): the LLM encodes [visual | prompt] and decodes the target.
+            if labels is not None and decoder_input_ids is None:
+                decoder_input_ids = self.language_model.prepare_decoder_input_ids_from_labels(labels=labels)
             outputs = self.language_model(
                 inputs_embeds=embeds,
                 attention_mask=mask,
                 decoder_input_ids=decoder_input_ids,
                 decoder_attention_mask=decoder_attention_mask,
-                labels=labels,
                 return_dict=True,
                 **kwargs,
             )
-            loss, logits = outputs.loss, outputs.logits
+            logits = outputs.logits
+            loss = None
+            if labels is not None:
+                # The loss is ours, not T5's: T5 ignores `num_items_in_batch` and returns each micro-batch's mean, so
+                # under gradient accumulation the Trainer (which no longer divides by the steps once a model takes
+                # loss kwargs) would sum K means. A sum over the whole accumulated batch's token count is exact.
+                loss = fixed_cross_entropy(
+                    logits.flatten(0, 1), labels.to(logits.device).flatten(), num_items_in_batch, IGNORE_INDEX
+                )
         else:
             # Step 4 (decoder-only): the LLM reads [padding | visual | prompt + target].
             text_len = embeds.shape[1] - image_features.shape[1]
@@ -364,7 +380,6 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
             # Only the text positions (and the last visual one, which predicts the first text token) need logits.
             if self._llm_accepts("logits_to_keep"):
                 llm_kwargs["logits_to_keep"] = text_len + 1
-            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
             outputs = self.language_model(**llm_kwargs, **kwargs)
             logits = outputs.logits[:, -(text_len + 1) :]
             loss = None

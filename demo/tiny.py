@@ -11,6 +11,7 @@ from transformers import (
     LlamaConfig,
     MT5Config,
     PreTrainedTokenizerFast,
+    T5Config,
 )
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
@@ -19,6 +20,8 @@ from mblip.processing_mblip import MBlipProcessor
 
 
 FAMILIES = ("mt5", "bloom", "llama")
+# Built on request only (the suite's table is FAMILIES): English T5, BLIP-2's own LLM family.
+EXTRA_FAMILIES = ("t5",)
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
 IMAGE_SIZE = 30
 
@@ -50,8 +53,8 @@ def tiny_tokenizer(family: str, vocab_size: int = 320) -> PreTrainedTokenizerFas
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    if family not in FAMILIES + EXTRA_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES + EXTRA_FAMILIES}")
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -62,7 +65,7 @@ def tiny_tokenizer(family: str, vocab_size: int = 320) -> PreTrainedTokenizerFas
         show_progress=False,
     )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    if family == "mt5":
+    if family in ("mt5", "t5"):
         tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", EOS)])
     elif family == "llama":
         tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
@@ -81,6 +84,11 @@ def tiny_text_config(family: str, vocab_size: int):
             relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
             tie_word_embeddings=False, decoder_start_token_id=PAD, **common,
         )  # fmt: skip
+    if family == "t5":
+        return T5Config(
+            d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, dropout_rate=0.0, decoder_start_token_id=PAD, **common,
+        )  # fmt: skip
     if family == "bloom":
         return BloomConfig(
             hidden_size=64, n_layer=2, n_head=4, hidden_dropout=0.0, attention_dropout=0.0, bos_token_id=BOS, **common
@@ -90,7 +98,7 @@ def tiny_text_config(family: str, vocab_size: int):
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=256, bos_token_id=BOS, tie_word_embeddings=False, **common,
         )  # fmt: skip
-    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES + EXTRA_FAMILIES}")
 
 
 def tiny_vision_config() -> Blip2VisionConfig:
