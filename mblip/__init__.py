@@ -1,15 +1,14 @@
-"""Import the repository's root-level remote-code files as a package.
+"""The mBLIP toolkit: the model classes and everything every script uses, one module per shared concept.
 
-The three model files (configuration_mblip.py, modeling_mblip.py, processing_mblip.py) live at the
-repository root because every model repository ships them there, and they import each other with
-relative imports, as the Hub loader requires. Adding the root to this package's ``__path__`` makes
-``from mblip.modeling_mblip import MBlipForConditionalGeneration`` work for the scripts and the tests
-without touching ``sys.path`` inside the model files.
+The three remote-code files (configuration_mblip.py, modeling_mblip.py, processing_mblip.py) live at the repository
+root, because every model repository ships them there; this package holds them as symbolic links, so that
+``mblip.modeling_mblip`` is their one import name (they import each other with relative imports, as the Hub loader
+requires) and a built wheel carries their contents.
+
+Modules: ``hub`` (model repositories and cards), ``convert`` (conversion and parts assembly), ``training``
+(re-alignment), ``predict`` and ``app`` (inference), ``data`` (the task-mix builder), ``evaluation`` (benchmarks and
+metrics), ``bench`` (performance comparisons), ``demo`` (the offline demo and tiny models).
 """
-
-import os
-
-__path__.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Local Auto-class registration: inside this repository, AutoConfig / AutoModelForImageTextToText / AutoProcessor
 # resolve model_type "mblip" to these classes without trust_remote_code. A saved model repository still carries the

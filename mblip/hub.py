@@ -120,7 +120,14 @@ def model_card(
     if base_models:
         lines.append("base_model:")
         lines += [f"- {json.dumps(name)}" for name in base_models]  # a local path may hold ": "
-    lines += ["tags:", "- mblip", "- multilingual", "- vision-language", "- image-captioning", "- visual-question-answering"]
+    lines += [
+        "tags:",
+        "- mblip",
+        "- multilingual",
+        "- vision-language",
+        "- image-captioning",
+        "- visual-question-answering",
+    ]
     if model_index:
         lines.append(model_index.rstrip())
     lines.append("---")

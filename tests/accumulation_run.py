@@ -50,9 +50,9 @@ def one_step(family: str, batch: int, accumulation: int, output_dir: str):
     """Returns (gradients, logged loss) of one optimizer step over the eight rows."""
     import datasets
 
-    from demo.tiny import tiny_config, tiny_processor
+    from mblip.demo.tiny import tiny_config, tiny_processor
     from mblip.modeling_mblip import MBlipForConditionalGeneration
-    from train_mblip import MBlipTrainer, MBlipTrainingArguments
+    from mblip.training import MBlipTrainer, MBlipTrainingArguments
 
     processor = tiny_processor(family)
     torch.manual_seed(0)
@@ -61,16 +61,29 @@ def one_step(family: str, batch: int, accumulation: int, output_dir: str):
     data = datasets.Dataset.from_list(rows())
 
     def collate(examples):
-        return dict(processor(
-            images=[e["image"] for e in examples], text=[e["prompt"] for e in examples],
-            text_target=[e["target"] for e in examples],
-        ))  # fmt: skip
+        return dict(
+            processor(
+                images=[e["image"] for e in examples],
+                text=[e["prompt"] for e in examples],
+                text_target=[e["target"] for e in examples],
+            )
+        )
 
     args = MBlipTrainingArguments(
-        output_dir=output_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-        max_steps=1, logging_steps=1, save_strategy="no", report_to=[], max_grad_norm=0.0, warmup_steps=0,
-        learning_rate=1e-3, dataloader_num_workers=0, seed=0, disable_tqdm=True,
-    )  # fmt: skip
+        output_dir=output_dir,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        max_grad_norm=0.0,
+        warmup_steps=0,
+        learning_rate=1e-3,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
     capture = CaptureGradients()
     trainer = MBlipTrainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[capture])
     trainer.train()

@@ -6,12 +6,13 @@ import os
 import pytest
 import torch
 
+
 # Nothing may be downloaded: make any accidental hub access fail fast instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from demo.tiny import FAMILIES, IMAGE_SIZE, tiny_config, tiny_processor, tiny_text_config  # noqa: E402
+from mblip.demo.tiny import FAMILIES, IMAGE_SIZE, tiny_config, tiny_processor, tiny_text_config  # noqa: E402
 from mblip.modeling_mblip import MBlipForConditionalGeneration  # noqa: E402
 
 
@@ -43,7 +44,9 @@ def make_blip2(family, path, seed=0):
 
     model, processor = build(family)
     tokenizer = processor.tokenizer
-    blip2_processor = Blip2Processor(processor.image_processor, tokenizer, num_query_tokens=model.config.num_query_tokens)
+    blip2_processor = Blip2Processor(
+        processor.image_processor, tokenizer, num_query_tokens=model.config.num_query_tokens
+    )
     config = Blip2Config(
         vision_config=model.config.vision_config.to_dict(),
         qformer_config=model.config.qformer_config.to_dict(),

@@ -7,24 +7,30 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from test_predict import direct, speaking_model
 
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="app.py needs gradio (pip install gradio)")
 
-import app  # noqa: E402
+from mblip import app  # noqa: E402
 
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 # Without these, Chromium on a closed network stalls on sign-in, component updates and QUIC probes.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1280,1100",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1100",
+]
 
 
 def chromedriver() -> str | None:

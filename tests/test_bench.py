@@ -1,6 +1,6 @@
-"""bench/: the comparisons run end to end at tiny size on CPU, and their checks are computed, not assumed.
+"""mblip/bench/: the comparisons run end to end at tiny size on CPU, and their checks are computed, not assumed.
 
-No timing is asserted here: performance goals live in BENCHMARKS.md (DESIGN.md, "Performance")."""
+No timing is asserted here: performance goals live in BENCHMARKS.md."""
 
 import json
 import math
@@ -8,20 +8,46 @@ import math
 import pytest
 import torch
 
-import bench.__main__ as bench_main
-from bench import common, inference, training, translation
-from bench.report import render
+import mblip.bench.__main__ as bench_main
+from mblip.bench import common, inference, training, translation
+from mblip.bench.report import render
 
 
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory):
-    """`python -m bench` at tiny size: inference (bloom, padded batch of 3) and the paper's training setting."""
+    """`python -m mblip.bench` at tiny size: inference (bloom, padded batch of 3) and the paper's training setting."""
     root = tmp_path_factory.mktemp("bench")
-    argv = ["--size", "tiny", "--only", "inference", "training", "--families", "bloom", "--batch_sizes", "3",
-            "--repeats", "2", "--memory_repeats", "1", "--train_repeats", "1", "--train_steps", "3",
-            "--train_warmup_steps", "1", "--train_batch_size", "2", "--train_settings", "int8+gc",
-            "--results_dir", str(root / "results"), "--output", str(root / "BENCHMARKS.md"),
-            "--log_file", str(root / "children.log")]  # fmt: skip
+    argv = [
+        "--size",
+        "tiny",
+        "--only",
+        "inference",
+        "training",
+        "--families",
+        "bloom",
+        "--batch_sizes",
+        "3",
+        "--repeats",
+        "2",
+        "--memory_repeats",
+        "1",
+        "--train_repeats",
+        "1",
+        "--train_steps",
+        "3",
+        "--train_warmup_steps",
+        "1",
+        "--train_batch_size",
+        "2",
+        "--train_settings",
+        "int8+gc",
+        "--results_dir",
+        str(root / "results"),
+        "--output",
+        str(root / "BENCHMARKS.md"),
+        "--log_file",
+        str(root / "children.log"),
+    ]
     threads = torch.get_num_threads()
     try:
         assert bench_main.main(argv) == 0
@@ -74,25 +100,38 @@ def test_training_result_structure_and_equal_settings(cli_results):
     assert cached["first_loss_difference"] < 1e-4  # trains the same steps as from pixels
     assert set(cached["speedup_vs"]) == {"mblip", "blip2", "blip2_nonreentrant"}
     ab = cfg["step_ab"]
-    assert set(ab["seconds"]) == set(cfg["sides"]) - {"mblip_cached"} and set(ab["speedup_of_mblip"]) == {"blip2", "blip2_nonreentrant"}
+    assert set(ab["seconds"]) == set(cfg["sides"]) - {"mblip_cached"} and set(ab["speedup_of_mblip"]) == {
+        "blip2",
+        "blip2_nonreentrant",
+    }
     assert max(ab["losses"].values()) - min(ab["losses"].values()) < 1e-4
     # The mechanism BENCHMARKS.md explains: peft's kbit recipe gives the frozen ViT a graph; mBLIP never does.
     assert cfg["sides"]["mblip"]["vit_output_requires_grad"] is False
     assert cfg["sides"]["blip2"]["vit_output_requires_grad"] is True
     assert cfg["sides"]["blip2_nonreentrant"]["vit_output_requires_grad"] is False
     assert entry["flops_per_sample"]["total"] == pytest.approx(
-        sum(v for k, v in entry["flops_per_sample"].items() if k != "total"))
+        sum(v for k, v in entry["flops_per_sample"].items() if k != "total")
+    )
 
 
 def test_report_renders_every_section(cli_results, tmp_path):
     root, _ = cli_results
     text = (root / "BENCHMARKS.md").read_text()
-    for heading in ("Goals against measurements", "Machine", "Inference: batched greedy captioning",
-                    "Where the inference time goes", "Training: `train_mblip.py`", "model only",
-                    "Training from cached ViT outputs", "Where a training step's time goes",
-                    "Model FLOPs", "Method", "Not measured yet (no GPU in this work period)"):  # fmt: skip
+    for heading in (
+        "Goals against measurements",
+        "Machine",
+        "Inference: batched greedy captioning",
+        "Where the inference time goes",
+        "Training: `train_mblip.py`",
+        "model only",
+        "Training from cached ViT outputs",
+        "Where a training step's time goes",
+        "Model FLOPs",
+        "Method",
+        "Not measured yet (no GPU in this work period)",
+    ):
         assert heading in text, heading
-    assert "python -m bench --device cuda --full_size" in text
+    assert "python -m mblip.bench --device cuda --full_size" in text
     assert render(tmp_path / "empty").count("No results yet") == 1
 
 
@@ -107,8 +146,14 @@ def test_translation_comparison_at_tiny_size(tmp_path):
     bound = result["decode_positions_over_needed"]
     assert bound["naive"] >= bound["sorted"] >= 1.0
     assert bound["naive_over_sorted"] == pytest.approx(bound["naive"] / bound["sorted"])
-    (tmp_path / "cpu.json").write_text(json.dumps(
-        {"machine": result["machine"], "translation": {"results": [result], "markdown": translation.markdown([result])}}))
+    (tmp_path / "cpu.json").write_text(
+        json.dumps(
+            {
+                "machine": result["machine"],
+                "translation": {"results": [result], "markdown": translation.markdown([result])},
+            }
+        )
+    )
     text = render(tmp_path)
     (row,) = [line for line in text.splitlines() if line.startswith("| translation, uniform |")]
     met = result["speedup_per_round"]["median"] >= 1.5
@@ -126,16 +171,18 @@ def test_identical_token_check_detects_a_difference():
     model, processor, blip2, blip2_processor = inference.build_pair("mt5", "tiny")
     pixels, ours, theirs = inference.make_inputs(processor, blip2_processor, 2, 30, "cpu", torch.float32)
     kwargs = inference.with_scores(inference.generation_kwargs(4))
-    same = inference.compare_generations(inference.mblip_generate(model, pixels, ours, kwargs),
-                                         inference.blip2_generate(blip2, pixels, theirs, kwargs))  # fmt: skip
+    same = inference.compare_generations(
+        inference.mblip_generate(model, pixels, ours, kwargs), inference.blip2_generate(blip2, pixels, theirs, kwargs)
+    )
     assert same["identical"] and same["max_score_difference"] < 1e-4  # the encoder-decoder path lines up too
     # Break the twin's projection only (it shares every other module with the mBLIP model).
     projection = torch.nn.Linear(blip2.language_projection.in_features, blip2.language_projection.out_features)
     with torch.no_grad():
         projection.weight.copy_(blip2.language_projection.weight * -3.0)
     blip2.language_projection = projection
-    different = inference.compare_generations(inference.mblip_generate(model, pixels, ours, kwargs),
-                                              inference.blip2_generate(blip2, pixels, theirs, kwargs))  # fmt: skip
+    different = inference.compare_generations(
+        inference.mblip_generate(model, pixels, ours, kwargs), inference.blip2_generate(blip2, pixels, theirs, kwargs)
+    )
     assert different["max_score_difference"] > 1e-2  # random weights may repeat a token either way: scores tell
     mismatch = inference.compare_tokens(torch.tensor([[5, 6], [7, 8]]), torch.tensor([[5, 6], [7, 9]]))
     assert not mismatch["identical"] and mismatch["identical_rows"] == 1 and mismatch["first_mismatch"]["row"] == 1
@@ -158,14 +205,23 @@ def test_gpu_precisions_build_and_agree_at_tiny_size(llm_dtype):
     dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
     pixels, ours, theirs = inference.make_inputs(processor, blip2_processor, 2, 30, "cpu", dtype)
     kwargs = inference.with_scores(inference.generation_kwargs(3))
-    result = inference.compare_generations(inference.mblip_generate(model, pixels, ours, kwargs),
-                                           inference.blip2_generate(blip2, pixels, theirs, kwargs))  # fmt: skip
+    result = inference.compare_generations(
+        inference.mblip_generate(model, pixels, ours, kwargs), inference.blip2_generate(blip2, pixels, theirs, kwargs)
+    )
     assert result["rows"] == 2 and result["shape_mblip"] == [2, 3] and isinstance(result["identical"], bool)
 
 
 def test_static_cache_variant_at_tiny_size():
-    result = inference.run(families=("llama",), size="tiny", batch_sizes=(2,), repeats=1, max_new_tokens=3,
-                           memory_repeats=0, profile=False, static_cache=True)  # fmt: skip
+    result = inference.run(
+        families=("llama",),
+        size="tiny",
+        batch_sizes=(2,),
+        repeats=1,
+        max_new_tokens=3,
+        memory_repeats=0,
+        profile=False,
+        static_cache=True,
+    )
     row = result["families"]["llama"]["batches"][2]
     assert "static_cache_error" not in row, row.get("static_cache_error")
     assert row["mblip_static_cache"]["n"] == 1 and row["static_cache_tokens"]["rows"] == 2

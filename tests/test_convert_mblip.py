@@ -8,15 +8,14 @@ import textwrap
 import pytest
 import torch
 import yaml
+from conftest import PROMPTS, build, make_blip2, random_pixels, save_llm
 from transformers import (
     AutoProcessor,
-    Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
 )
 
-import convert_mblip
-from conftest import PROMPTS, build, make_blip2, random_pixels, save_llm
+from mblip import convert as convert_mblip
 from mblip.hub import model_card
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
@@ -24,8 +23,12 @@ from mblip.processing_mblip import MBlipProcessor
 
 def blip2_generate(blip2, blip2_processor, pixels, prompts, **kwargs):
     """New tokens only, from a plain transformers BLIP-2 model (which returns the prompt too for decoder-only LLMs)."""
-    enc = blip2_processor(images=[torch.zeros(3, 30, 30)] * len(prompts), text=prompts, return_tensors="pt", padding=True)
-    out = blip2.generate(pixel_values=pixels, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs)
+    enc = blip2_processor(
+        images=[torch.zeros(3, 30, 30)] * len(prompts), text=prompts, return_tensors="pt", padding=True
+    )
+    out = blip2.generate(
+        pixel_values=pixels, input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **kwargs
+    )
     if blip2.config.text_config.is_encoder_decoder:
         return out[:, 1:]
     return out[:, enc["input_ids"].shape[1] :]
@@ -113,9 +116,15 @@ def test_parts_assembly_keeps_each_part_and_never_loads_the_blip2_llm(llm_family
     monkeypatch.setattr(safetensors, "safe_open", SpyingSafeOpen)
 
     rc = convert_mblip.main(
-        ["--vision_model", str(tmp_path / "blip2"), "--language_model", str(tmp_path / "llm"),
-         "--output_dir", str(tmp_path / "out")]
-    )  # fmt: skip
+        [
+            "--vision_model",
+            str(tmp_path / "blip2"),
+            "--language_model",
+            str(tmp_path / "llm"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     assert read and not any(key.startswith("language_model.") for key in read)
     assert all(key.startswith(("vision_model.", "qformer.", "query_tokens")) for key in read)
@@ -195,11 +204,20 @@ def test_output_is_a_hub_ready_repository_loadable_offline_in_a_fresh_process(fa
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
     result = subprocess.run(
         [sys.executable, str(tmp_path / "fresh.py"), str(repo)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
-    assert fresh["names"] == ["MBlipConfig", "MBlipForConditionalGeneration", "MBlipForConditionalGeneration", "MBlipProcessor"]
+    assert fresh["names"] == [
+        "MBlipConfig",
+        "MBlipForConditionalGeneration",
+        "MBlipForConditionalGeneration",
+        "MBlipProcessor",
+    ]
     assert isinstance(fresh["pipeline"][0]["generated_text"], str)
 
 
@@ -218,9 +236,12 @@ def test_a_killed_conversion_leaves_no_complete_looking_folder(tmp_path, monkeyp
 
 def run_cli(args, tmp_path):
     result = subprocess.run(
-        [sys.executable, "convert_mblip.py", *args], capture_output=True, text=True, timeout=300,
+        [sys.executable, "convert_mblip.py", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"},
-    )  # fmt: skip
+    )
     return result.returncode, result.stderr.strip().splitlines()
 
 
@@ -260,7 +281,9 @@ def test_existing_output_is_not_overwritten_without_asking(tmp_path):
     with pytest.raises(SystemExit):
         convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out"), "--overwrite", "true"])
+    convert_mblip.main(
+        ["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out"), "--overwrite", "true"]
+    )
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
 
 

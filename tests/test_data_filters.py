@@ -2,7 +2,7 @@
 
 import pytest
 
-from data.filters import (
+from mblip.data.filters import (
     FilterConfig,
     FilterReport,
     check_fields,
@@ -13,8 +13,8 @@ from data.filters import (
     is_empty,
     is_too_long,
 )
-from data.languages import get_language
-from data.templates import (
+from mblip.data.languages import get_language
+from mblip.data.templates import (
     TASKS,
     Template,
     build_language_templates,
@@ -25,6 +25,7 @@ from data.templates import (
     phrases_to_translate,
     render_example,
 )
+
 
 GERMAN = "Ein Hund läuft am Strand entlang."
 ENGLISH = "A dog runs along the beach."
@@ -167,14 +168,12 @@ def test_matching_answers_are_translated_phrases():
 def test_template_mix_follows_the_papers_rule_or_the_given_share():
     named = tuple(Template(f"named {i}") for i in range(6))
     translated = tuple(Template(f"translated {i}") for i in range(5))
-    from data.templates import LanguageTemplates
+    from mblip.data.templates import LanguageTemplates
 
     templates = LanguageTemplates("caption", "de", named, translated, ("{caption}",), 0)
     us = [(i + 0.5) / 1100 for i in range(1100)]
     picks = [choose_template(templates, u).prompt for u in us]
-    assert {p: picks.count(p) for p in set(picks)} == {
-        t.prompt: 100 for t in named + translated
-    }  # uniform over all 11
+    assert {p: picks.count(p) for p in set(picks)} == {t.prompt: 100 for t in named + translated}  # uniform over all 11
     picks = [choose_template(templates, u, translated_share=0.8).prompt for u in us]
     assert sum(p.startswith("translated") for p in picks) == 880
     only_named = LanguageTemplates("caption", "de", named, (), ("{caption}",), 5)

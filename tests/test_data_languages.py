@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from data.languages import (
+from mblip.data.languages import (
     ENGLISH,
     LANGID_MATCH,
     LANGID_MISMATCH,
@@ -25,6 +25,7 @@ from data.languages import (
     parse_languages,
     plan_language_counts,
 )
+
 
 # ---- the table --------------------------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.inputs import Columns, load_examples
-from data.templates import TASKS
-from data.tiny_nllb import CORPUS, build_tiny_nllb
-from data.translate import (
+from mblip.data.inputs import Columns, load_examples
+from mblip.data.templates import TASKS
+from mblip.data.tiny_nllb import CORPUS, build_tiny_nllb
+from mblip.data.translate import (
     LengthCapLogitsProcessor,
     Translator,
     build_task_mix,
@@ -31,12 +31,19 @@ from data.translate import (
     split_sentences,
 )
 
+
 # Short token budgets for runs that load the model from --model (see make_translator).
 SHORT = ["--max_len_a", "1", "--max_len_b", "4"]
 RELAXED = [
-    "--drop_truncated", "false", "--check_language", "false", "--max_length_ratio", "100",
-    "--repetition_min_repeats", "1000",
-]  # fmt: skip
+    "--drop_truncated",
+    "false",
+    "--check_language",
+    "false",
+    "--max_length_ratio",
+    "100",
+    "--repetition_min_repeats",
+    "1000",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -221,7 +228,7 @@ def test_sentence_splitting_round_trip():
 
 
 def test_short_answers_drop_the_full_stop_the_model_adds():
-    from data.translate import _match_final_punctuation
+    from mblip.data.translate import _match_final_punctuation
 
     assert _match_final_punctuation("red", "Rot.") == "Rot"
     assert _match_final_punctuation("two dogs", "两只狗。") == "两只狗"
@@ -243,10 +250,25 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
     source = write_jsonl(tmp_path / "en.jsonl", rows + bad, extra_lines=["{broken json"])
     out = tmp_path / "mix"
     argv = [
-        "--input", str(source), "--output", str(out), "--languages", "de,fr,zh", "--model", str(tiny_dir),
-        "--english_share", "0.25", "--shard_size", "3", "--max_bad_rows", "0.2", "--progress", "false",
-        *SHORT, *RELAXED,
-    ]  # fmt: skip
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--languages",
+        "de,fr,zh",
+        "--model",
+        str(tiny_dir),
+        "--english_share",
+        "0.25",
+        "--shard_size",
+        "3",
+        "--max_bad_rows",
+        "0.2",
+        "--progress",
+        "false",
+        *SHORT,
+        *RELAXED,
+    ]
     assert main(argv) == 0
 
     mix = read_rows(out / "train.jsonl")
@@ -469,7 +491,7 @@ class FakeProcess:
 
 
 def test_shards_split_between_processes_are_done_once(tiny, tmp_path, monkeypatch):
-    from data import translate
+    from mblip.data import translate
 
     source = write_jsonl(tmp_path / "en.jsonl", example_rows(2))
     options = ["--languages", "de,fr,zh", "--english_share", "0.25", "--shard_size", "2", *RELAXED]
@@ -494,14 +516,40 @@ def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
     """`accelerate launch` with two CPU processes: shards split between them, one merged mix, same as one process."""
     source = write_jsonl(tmp_path / "en.jsonl", example_rows(2))
     common = [
-        "--input", str(source), "--languages", "de,fr,zh", "--english_share", "0.25", "--shard_size", "2",
-        "--model", str(tiny_dir), "--progress", "false", *SHORT, *RELAXED,
-    ]  # fmt: skip
+        "--input",
+        str(source),
+        "--languages",
+        "de,fr,zh",
+        "--english_share",
+        "0.25",
+        "--shard_size",
+        "2",
+        "--model",
+        str(tiny_dir),
+        "--progress",
+        "false",
+        *SHORT,
+        *RELAXED,
+    ]
     assert main(["--output", str(tmp_path / "one"), *common]) == 0
     launch = [
-        "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--multi_gpu", "-m", "data.translate", "--output", str(tmp_path / "two"), *common,
-    ]  # fmt: skip
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--multi_gpu",
+        "-m",
+        "mblip.data.translate",
+        "--output",
+        str(tmp_path / "two"),
+        *common,
+    ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(

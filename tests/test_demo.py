@@ -8,9 +8,9 @@ import unicodedata
 import pytest
 from PIL import Image
 
-from demo import world
-from demo.mix import caption_prompt, image_rows, question_prompt, text_rows
-from demo.world import LANGUAGES, SCRIPTS, Scene, Thing
+from mblip.demo import world
+from mblip.demo.mix import caption_prompt, image_rows, question_prompt, text_rows
+from mblip.demo.world import LANGUAGES, SCRIPTS, Scene, Thing
 
 
 def script_of(text: str) -> set[str]:
@@ -51,7 +51,13 @@ def test_rendered_shapes_sit_in_their_slots():
 def test_at_least_six_languages_in_at_least_three_scripts_each_written_in_its_script():
     assert len(LANGUAGES) >= 6 and len(set(SCRIPTS.values())) >= 3
     scenes, _ = world.make_scenes(1, 30, 0)
-    expected = {"Latin": {"Latin"}, "Cyrillic": {"Cyrillic"}, "Han": {"Han"}, "Hangul": {"Hangul"}, "Bengali": {"Bengali"}}
+    expected = {
+        "Latin": {"Latin"},
+        "Cyrillic": {"Cyrillic"},
+        "Han": {"Han"},
+        "Hangul": {"Hangul"},
+        "Bengali": {"Bengali"},
+    }
     for lang in LANGUAGES:
         texts = [world.caption(s, lang) for s in scenes]
         texts += [q.text(lang) for s in scenes for q in world.questions(s, 5, world.stable_rng(0, lang))]
@@ -62,8 +68,13 @@ def test_at_least_six_languages_in_at_least_three_scripts_each_written_in_its_sc
 
 
 def test_captions_and_questions_follow_each_languages_grammar():
-    scene = Scene("x", (Thing("red", "circle", "top"), Thing("green", "triangle", "left"), Thing("blue", "square", "bottom")))
-    assert world.caption(scene, "en") == "a red circle at the top, a green triangle on the left and a blue square at the bottom"
+    scene = Scene(
+        "x", (Thing("red", "circle", "top"), Thing("green", "triangle", "left"), Thing("blue", "square", "bottom"))
+    )
+    assert (
+        world.caption(scene, "en")
+        == "a red circle at the top, a green triangle on the left and a blue square at the bottom"
+    )
     assert world.caption(scene, "de") == "ein roter Kreis oben, ein grünes Dreieck links und ein blaues Quadrat unten"
     assert world.caption(scene, "ru") == "красный круг сверху, зелёный треугольник слева и синий квадрат снизу"
     assert world.caption(scene, "zh") == "上面有一个红色的圆形，左边有一个绿色的三角形，下面有一个蓝色的正方形"
@@ -74,7 +85,9 @@ def test_captions_and_questions_follow_each_languages_grammar():
 
 
 def test_questions_have_the_right_answers():
-    scene = Scene("x", (Thing("red", "circle", "top"), Thing("red", "circle", "left"), Thing("blue", "square", "right")))
+    scene = Scene(
+        "x", (Thing("red", "circle", "top"), Thing("red", "circle", "left"), Thing("blue", "square", "right"))
+    )
     rng = world.stable_rng(0, "t")
     assert world.ask(scene, "count", rng).answer == "3"
     for _ in range(20):
@@ -88,7 +101,7 @@ def test_questions_have_the_right_answers():
 
 # ------------------------------------------------------------------------------------------------ the files
 def test_benchmark_files_are_read_by_eval_unchanged(tmp_path):
-    from eval.tasks import get_task
+    from mblip.evaluation.tasks import get_task
 
     _, test = world.make_scenes(0, 0, 7)
     world.save_images(test, tmp_path / "images")
@@ -106,18 +119,24 @@ def test_benchmark_files_are_read_by_eval_unchanged(tmp_path):
 
 
 def test_training_prompts_are_the_evaluation_prompts():
-    from eval.prompts import render
-    from eval.tasks import Example, get_task
+    from mblip.evaluation.prompts import render
+    from mblip.evaluation.tasks import Example, get_task
 
     task = get_task("xm3600")
     assert caption_prompt("pt") == render(task.prompt, Example("", [], {}, []), task.language_name("pt"))
     assert caption_prompt("de") == "Caption in German: "
-    assert question_prompt("Wie viele Formen gibt es?") == "Question: Wie viele Formen gibt es? Short answer in English:"
+    assert (
+        question_prompt("Wie viele Formen gibt es?") == "Question: Wie viele Formen gibt es? Short answer in English:"
+    )
     rows = image_rows(world.make_scenes(0, 200, 0)[0], 0, "mix")
     assert {r["lang"] for r in rows} == set(LANGUAGES)
     assert {r["context"] for r in rows if r["task"] == "caption"} >= {caption_prompt(lang) for lang in LANGUAGES}
-    assert all(r["label"] in world.NUMBERS.values() | world.COLOURS.keys() | set(world.SHAPES) | set(world.POSITIONS)
-               | {"yes", "no"} for r in rows if r["task"].startswith("vqa"))  # fmt: skip
+    assert all(
+        r["label"]
+        in world.NUMBERS.values() | world.COLOURS.keys() | set(world.SHAPES) | set(world.POSITIONS) | {"yes", "no"}
+        for r in rows
+        if r["task"].startswith("vqa")
+    )
 
 
 def test_the_multilingual_lm_never_sees_an_image():
@@ -127,7 +146,9 @@ def test_the_multilingual_lm_never_sees_an_image():
 
 # ------------------------------------------------------------------------------------------------ the demo
 def test_cli_help():
-    result = subprocess.run([sys.executable, "-m", "demo.realign", "--help"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "mblip.demo.realign", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     for option in ("--output_dir", "--quick", "--english_pivot", "--seed"):
         assert option in result.stdout
@@ -135,7 +156,7 @@ def test_cli_help():
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    from demo.realign import main
+    from mblip.demo.realign import main
 
     output_dir = tmp_path_factory.mktemp("demo") / "out"
     return output_dir, main(output_dir=str(output_dir), quick=True, seed=0)
@@ -152,7 +173,10 @@ def test_quick_demo_writes_a_model_repository_that_loads_and_generates(quick_dem
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     assert model.config.text_config.model_type == "bloom"  # the multilingual LM, not the English one
     image = Image.open(next((output_dir / "world" / "images").glob("test-*.jpg")))
-    inputs = processor(images=[image, image], text=["Caption in German: ", "Question: Wie viele Formen gibt es? Short answer in English:"])
+    inputs = processor(
+        images=[image, image],
+        text=["Caption in German: ", "Question: Wie viele Formen gibt es? Short answer in English:"],
+    )
     output = model.generate(**inputs, max_new_tokens=5, min_new_tokens=1)
     assert output.shape[0] == 2 and output.shape[1] >= 1
     # The parts it was assembled from are ordinary transformers folders.
@@ -177,7 +201,7 @@ def test_quick_demo_reports_every_language_and_writes_png_charts(quick_demo):
 
 
 def test_quick_demo_resumes_without_redoing_work_and_refuses_other_settings(quick_demo):
-    from demo.realign import main
+    from mblip.demo.realign import main
 
     output_dir, _ = quick_demo
     marker = (output_dir / "mblip" / "config.json").stat().st_mtime_ns

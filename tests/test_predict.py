@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build
 from PIL import Image
 
-import predict
-from conftest import build
+from mblip import predict
 from mblip.hub import model_card, save_model_repository
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
@@ -42,10 +42,13 @@ def speaking_model(family: str = "mt5", seed: int = 0):
                 if parameter.ndim >= 2:
                     parameter.normal_(0.0, 0.3, generator=generator)
         silent = [
-            i for i in range(len(tokenizer))
-            if i in tokenizer.all_special_ids or not tokenizer.decode([i]).strip()
-            or not tokenizer.decode([i]).isprintable() or "\ufffd" in tokenizer.decode([i])
-        ]  # fmt: skip
+            i
+            for i in range(len(tokenizer))
+            if i in tokenizer.all_special_ids
+            or not tokenizer.decode([i]).strip()
+            or not tokenizer.decode([i]).isprintable()
+            or "\ufffd" in tokenizer.decode([i])
+        ]
         model.get_output_embeddings().weight[silent] = 0
     return model, processor
 
@@ -106,8 +109,24 @@ def test_folder_batched_equals_per_image_generation_and_skips_unreadable_files(
 ):
     out = tmp_path / "preds.jsonl"
     prompt = "Caption the image in German."
-    argv = ["--model", model_dir, "--image_dir", image_dir, "--prompt", prompt, "--batch_size", 3,
-            "--num_beams", 2, "--max_new_tokens", 6, "--output", out, "--max_unreadable_fraction", 0.3]  # fmt: skip
+    argv = [
+        "--model",
+        model_dir,
+        "--image_dir",
+        image_dir,
+        "--prompt",
+        prompt,
+        "--batch_size",
+        3,
+        "--num_beams",
+        2,
+        "--max_new_tokens",
+        6,
+        "--output",
+        out,
+        "--max_unreadable_fraction",
+        0.3,
+    ]
     with caplog.at_level("INFO"):
         assert run(argv) == 0
 
@@ -127,9 +146,15 @@ def test_folder_batched_equals_per_image_generation_and_skips_unreadable_files(
 
 def test_report_counts_and_stdout_rows(model_dir, image_dir, capsys):
     args = predict.PredictArguments(
-        model=str(model_dir), image_dir=str(image_dir), recursive=True, lang="fr", batch_size=4,
-        num_beams=1, max_new_tokens=6, max_unreadable_fraction=0.3,
-    )  # fmt: skip
+        model=str(model_dir),
+        image_dir=str(image_dir),
+        recursive=True,
+        lang="fr",
+        batch_size=4,
+        num_beams=1,
+        max_new_tokens=6,
+        max_unreadable_fraction=0.3,
+    )
     report = predict.predict(args)
     assert report.written == 6 and report.resumed == 0
     assert sorted(Path(p).name for p, _ in report.unreadable) == [CORRUPT, TRUNCATED]
@@ -153,8 +178,21 @@ def test_prompts_file_gives_each_image_its_prompt_in_padded_batches(model_dir, l
     ]
     questions.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     out = tmp_path / "answers.jsonl"
-    argv = ["--model", model_dir, "--prompts_file", questions, "--lang", "hi", "--batch_size", 4, *FAST,
-            "--output", out, "--max_unreadable_fraction", 0.25]  # fmt: skip
+    argv = [
+        "--model",
+        model_dir,
+        "--prompts_file",
+        questions,
+        "--lang",
+        "hi",
+        "--batch_size",
+        4,
+        *FAST,
+        "--output",
+        out,
+        "--max_unreadable_fraction",
+        0.25,
+    ]
     assert run(argv) == 0
     rows = read_jsonl(out)
     prompts = [line.get("prompt", "Caption the image in Hindi.") for line in lines[:4]]
@@ -229,11 +267,17 @@ def test_too_many_unreadable_images_fail_and_keep_the_partial_output(model_dir, 
         (["--images", "a.png", "--temperature", "0.7"], "--temperature 0.7 / --top_p 1.0 only apply with --do_sample"),
         (["--images", "a.png", "--do_sample", "--top_p", "1.5"], "--top_p must be in (0, 1], got 1.5"),
         (["--images", "a.png", "--load_in_8bit", "--load_in_4bit"], "--load_in_8bit or --load_in_4bit, not both"),
-        (["--images", "a.png", "--dtype", "float64"], "--dtype must be one of ['auto', 'bfloat16', 'float16', 'float32'], got 'float64'"),
+        (
+            ["--images", "a.png", "--dtype", "float64"],
+            "--dtype must be one of ['auto', 'bfloat16', 'float16', 'float32'], got 'float64'",
+        ),
         (["--images", "a.png", "--recursive"], "--recursive only applies to --image_dir"),
-        (["--images", "a.png", "--max_unreadable_fraction", "2"], "--max_unreadable_fraction must be in [0, 1], got 2.0"),
+        (
+            ["--images", "a.png", "--max_unreadable_fraction", "2"],
+            "--max_unreadable_fraction must be in [0, 1], got 2.0",
+        ),
     ],
-)  # fmt: skip
+)
 def test_inconsistent_options_are_rejected_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         predict.main(argv)
@@ -245,13 +289,25 @@ def test_bad_inputs_and_models_get_one_line_errors(model_dir, image_dir, tmp_pat
     (tmp_path / "blip2").mkdir()
     (tmp_path / "blip2" / "config.json").write_text(json.dumps({"model_type": "blip-2"}))
     cases = [
-        (["--model", tmp_path / "blip2", "--images", image_dir / GOOD[0]], "has model_type 'blip-2'; expected 'mblip' (convert it: python convert_mblip.py --from_blip2"),
-        (["--model", model_dir, "--images", image_dir / GOOD[0], tmp_path / "nope.png"], "--images: 1 of 2 files do not exist"),
+        (
+            ["--model", tmp_path / "blip2", "--images", image_dir / GOOD[0]],
+            "has model_type 'blip-2'; expected 'mblip' (convert it: python convert_mblip.py --from_blip2",
+        ),
+        (
+            ["--model", model_dir, "--images", image_dir / GOOD[0], tmp_path / "nope.png"],
+            "--images: 1 of 2 files do not exist",
+        ),
         (["--model", model_dir, "--image_dir", tmp_path / "nowhere"], "is not a folder"),
         (["--model", model_dir, "--prompts_file", image_dir / NOT_AN_IMAGE], "line 1 is not JSON"),
-        (["--model", tmp_path / "no-such-model", "--images", image_dir / GOOD[0]], "neither a model folder nor a reachable Hub id"),
-        (["--model", image_dir / GOOD[0], "--images", image_dir / GOOD[0]], "is a file; expected a model folder or a Hub id"),
-    ]  # fmt: skip
+        (
+            ["--model", tmp_path / "no-such-model", "--images", image_dir / GOOD[0]],
+            "neither a model folder nor a reachable Hub id",
+        ),
+        (
+            ["--model", image_dir / GOOD[0], "--images", image_dir / GOOD[0]],
+            "is a file; expected a model folder or a Hub id",
+        ),
+    ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             run(argv)
@@ -279,10 +335,13 @@ def test_language_codes_and_names():
 
 def test_help_shows_the_options(tmp_path):
     result = subprocess.run(
-        [sys.executable, "predict.py", "--help"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "predict.py", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=Path(__file__).resolve().parents[1],
         env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for option in (
         "--image_dir",

@@ -4,9 +4,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-
 from conftest import PROMPTS, TARGETS
-from demo.tiny import IMAGE_SIZE, tiny_processor
+
+from mblip.demo.tiny import IMAGE_SIZE, tiny_processor
 from mblip.processing_mblip import MBlipProcessor, to_rgb
 
 

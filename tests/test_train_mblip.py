@@ -9,12 +9,12 @@ import textwrap
 import pytest
 import torch
 import yaml
+from conftest import make_blip2, save_llm
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import train_mblip
-from conftest import make_blip2, save_llm
+from mblip import training as train_mblip
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 
 
@@ -32,10 +32,25 @@ def parts(tmp_path_factory):
     rows = []
     for name, colour in COLOURS.items():
         Image.new("RGB", (40, 40), colour).save(root / "images" / f"{name}.png")
-        rows.append({"image_id": f"{name}.png", "context": "Caption the image in German.", "label": GERMAN[name],
-                     "lang": "de", "task": "caption"})  # fmt: skip
-        rows.append({"image_id": f"{name}.png", "context": "Question: what colour? Short answer in English:",
-                     "label": name, "lang": "en", "task": "vqa", "extra": 1})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"{name}.png",
+                "context": "Caption the image in German.",
+                "label": GERMAN[name],
+                "lang": "de",
+                "task": "caption",
+            }
+        )
+        rows.append(
+            {
+                "image_id": f"{name}.png",
+                "context": "Question: what colour? Short answer in English:",
+                "label": name,
+                "lang": "en",
+                "task": "vqa",
+                "extra": 1,
+            }
+        )
     write_jsonl(root / "train.jsonl", rows)
     return root
 
@@ -48,11 +63,28 @@ def write_jsonl(path, rows):
 
 def cli(parts, output_dir, *extra, train_file=None):
     return [
-        "--vision_model_name_or_path", str(parts / "blip2"), "--language_model_name_or_path", str(parts / "llm"),
-        "--train_file", str(train_file or parts / "train.jsonl"), "--image_root", str(parts / "images"),
-        "--output_dir", str(output_dir), "--per_device_train_batch_size", "4", "--logging_steps", "1",
-        "--save_strategy", "no", "--seed", "7", "--dataloader_num_workers", "0", *extra,
-    ]  # fmt: skip
+        "--vision_model_name_or_path",
+        str(parts / "blip2"),
+        "--language_model_name_or_path",
+        str(parts / "llm"),
+        "--train_file",
+        str(train_file or parts / "train.jsonl"),
+        "--image_root",
+        str(parts / "images"),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "7",
+        "--dataloader_num_workers",
+        "0",
+        *extra,
+    ]
 
 
 def model_of(trainer):
@@ -62,10 +94,22 @@ def model_of(trainer):
 
 
 def test_a_short_run_lowers_the_loss(parts, tmp_path):
-    trainer, _ = train_mblip.main(cli(
-        parts, tmp_path / "out", "--max_steps", "24", "--learning_rate", "3e-3", "--qformer_learning_rate", "1e-3",
-        "--lora_learning_rate", "1e-2", "--warmup_steps", "0",
-    ))  # fmt: skip
+    trainer, _ = train_mblip.main(
+        cli(
+            parts,
+            tmp_path / "out",
+            "--max_steps",
+            "24",
+            "--learning_rate",
+            "3e-3",
+            "--qformer_learning_rate",
+            "1e-3",
+            "--lora_learning_rate",
+            "1e-2",
+            "--warmup_steps",
+            "0",
+        )
+    )
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 24
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
@@ -80,7 +124,9 @@ def test_8bit_lora_trains_exactly_what_was_asked(parts, tmp_path):
     import bitsandbytes as bnb
 
     output_dir = tmp_path / "out"
-    trainer, _ = train_mblip.main(cli(parts, output_dir, "--load_in_8bit", "--max_steps", "3", "--lora_learning_rate", "1e-2"))
+    trainer, _ = train_mblip.main(
+        cli(parts, output_dir, "--load_in_8bit", "--max_steps", "3", "--lora_learning_rate", "1e-2")
+    )
     trained = model_of(trainer)
     start = MBlipForConditionalGeneration.from_pretrained(output_dir / "init")  # the assembled starting point
 
@@ -90,15 +136,18 @@ def test_8bit_lora_trains_exactly_what_was_asked(parts, tmp_path):
     for name, value in params(start, "vision_model.").items():
         assert torch.equal(trained.get_parameter(name), value), name
     requantized = MBlipForConditionalGeneration.from_pretrained(
-        output_dir / "init", quantization_config=train_mblip.quantization_config(
-            train_mblip.ModelArguments(model_name_or_path="x", load_in_8bit=True), trainer.args),
-    )  # fmt: skip
+        output_dir / "init",
+        quantization_config=train_mblip.quantization_config(
+            train_mblip.ModelArguments(model_name_or_path="x", load_in_8bit=True), trainer.args
+        ),
+    )
     base = {n.replace(".base_layer", ""): p for n, p in trained.named_parameters() if n.startswith("language_model.")}
     for name, value in requantized.state_dict().items():
         if name.startswith("language_model.") and name in base:
             assert torch.equal(base[name].to(value.dtype), value), name
-    assert not any(p.requires_grad for n, p in trained.named_parameters() if n.startswith("language_model.")
-                   and "lora_" not in n)  # fmt: skip
+    assert not any(
+        p.requires_grad for n, p in trained.named_parameters() if n.startswith("language_model.") and "lora_" not in n
+    )
     # Trained: Q-Former, query tokens, projection, LoRA.
     assert not torch.equal(trained.query_tokens, start.query_tokens)
     assert not torch.equal(trained.language_projection.weight, start.language_projection.weight)
@@ -109,14 +158,25 @@ def test_8bit_lora_trains_exactly_what_was_asked(parts, tmp_path):
 
 
 def test_warm_up_stage_trains_the_projection_only_and_the_vit_on_request(parts, tmp_path):
-    trainer, _ = train_mblip.main(cli(
-        parts, tmp_path / "warmup", "--freeze_qformer", "--use_peft", "false", "--learning_rate", "5e-3",
-        "--max_steps", "2",
-    ))  # fmt: skip
+    trainer, _ = train_mblip.main(
+        cli(
+            parts,
+            tmp_path / "warmup",
+            "--freeze_qformer",
+            "--use_peft",
+            "false",
+            "--learning_rate",
+            "5e-3",
+            "--max_steps",
+            "2",
+        )
+    )
     trained = model_of(trainer)
     start = MBlipForConditionalGeneration.from_pretrained(tmp_path / "warmup" / "init")
     assert {n for n, p in trained.named_parameters() if p.requires_grad} == {
-        "language_projection.weight", "language_projection.bias"}  # fmt: skip
+        "language_projection.weight",
+        "language_projection.bias",
+    }
     for name, value in start.state_dict().items():
         if not name.startswith("language_projection."):
             assert torch.equal(trained.state_dict()[name], value), name
@@ -144,10 +204,22 @@ FRESH = textwrap.dedent(
 
 def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, tmp_path):
     output_dir = tmp_path / "out"
-    trainer, _ = train_mblip.main(cli(
-        parts, output_dir, "--max_steps", "3", "--lora_learning_rate", "1e-2", "--lora_output", "merged_and_adapter",
-        "--validation_file", str(parts / "train.jsonl"), "--eval_strategy", "no",
-    ))  # fmt: skip
+    trainer, _ = train_mblip.main(
+        cli(
+            parts,
+            output_dir,
+            "--max_steps",
+            "3",
+            "--lora_learning_rate",
+            "1e-2",
+            "--lora_output",
+            "merged_and_adapter",
+            "--validation_file",
+            str(parts / "train.jsonl"),
+            "--eval_strategy",
+            "no",
+        )
+    )
     files = {p.name for p in output_dir.iterdir()}
     assert {"config.json", "model.safetensors", "modeling_mblip.py", "README.md", "data_report.json"} <= files
     assert (output_dir / "adapter" / "adapter_config.json").is_file()
@@ -172,8 +244,14 @@ def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, 
 
     (tmp_path / "fresh.py").write_text(FRESH)
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
-    result = subprocess.run([sys.executable, str(tmp_path / "fresh.py"), str(output_dir)], capture_output=True,
-                            text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "fresh.py"), str(output_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
     assert fresh["model"].startswith("transformers_modules.") and len(fresh["ids"][0]) >= 1
@@ -191,8 +269,20 @@ class Kill(TrainerCallback):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(parts, tmp_path):
-    extra = ["--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--augment",
-             "--lora_dropout", "0.1", "--per_device_train_batch_size", "2", "--load_in_8bit"]  # fmt: skip
+    extra = [
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--augment",
+        "--lora_dropout",
+        "0.1",
+        "--per_device_train_batch_size",
+        "2",
+        "--load_in_8bit",
+    ]
     train_mblip.main(cli(parts, tmp_path / "straight", *extra))
     with pytest.raises(KeyboardInterrupt):
         train_mblip.main(cli(parts, tmp_path / "killed", *extra), callbacks=[Kill(at=5)])
@@ -210,7 +300,8 @@ def test_a_killed_run_resumes_to_the_same_weights(parts, tmp_path):
 def test_broken_rows_are_skipped_counted_and_reported(parts, tmp_path):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     os.symlink(tmp_path / "corrupt.png", parts / "images" / "corrupt-link.png") if not (
-        parts / "images" / "corrupt-link.png").exists() else None  # fmt: skip
+        parts / "images" / "corrupt-link.png"
+    ).exists() else None
     good = [json.loads(line) for line in (parts / "train.jsonl").read_text().splitlines()]
     bad = [
         {"image_id": "missing.png", "context": "x", "label": "y"},
@@ -221,22 +312,30 @@ def test_broken_rows_are_skipped_counted_and_reported(parts, tmp_path):
     write_jsonl(tmp_path / "mixed.jsonl", good + bad)
     with pytest.raises(ValueError, match=r"4 of 12 train rows \(33.3%\) are unusable, more than --max_bad_rows 0.01"):
         train_mblip.main(cli(parts, tmp_path / "strict", "--max_steps", "1", train_file=tmp_path / "mixed.jsonl"))
-    train_mblip.main(cli(parts, tmp_path / "lenient", "--max_steps", "1", "--max_bad_rows", "0.5",
-                         train_file=tmp_path / "mixed.jsonl"))  # fmt: skip
+    train_mblip.main(
+        cli(
+            parts,
+            tmp_path / "lenient",
+            "--max_steps",
+            "1",
+            "--max_bad_rows",
+            "0.5",
+            train_file=tmp_path / "mixed.jsonl",
+        )
+    )
     report = json.loads((tmp_path / "lenient" / "data_report.json").read_text())
     assert report["train"]["rows"] == 12 and report["train"]["bad_rows"] == 4
-    assert report["train"]["by_reason"] == {
-        "missing image": 1, "unreadable image": 1, "empty target": 1, "no image": 1}  # fmt: skip
+    assert report["train"]["by_reason"] == {"missing image": 1, "unreadable image": 1, "empty target": 1, "no image": 1}
     assert [e["row"] for e in report["train"]["examples"]] == [8, 9, 10, 11]
     assert "4 were skipped as unusable" in (tmp_path / "lenient" / "README.md").read_text()
 
 
 def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts, tmp_path):
-    from train_mblip import DataArguments, MBlipCollator
-    from mblip.processing_mblip import MBlipProcessor
-
     import struct
     import zlib
+
+    from mblip.processing_mblip import MBlipProcessor
+    from mblip.training import DataArguments, MBlipCollator
 
     Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp_path / "full.jpg", quality=95)
     # A PNG whose pixel data is garbage behind valid chunk checksums: verify() passes, decoding fails.
@@ -250,16 +349,27 @@ def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts
     args = DataArguments(train_file="x.jsonl", image_root=str(tmp_path))
     assert train_mblip.find_problem({"image_id": "truncated.jpg", "label": "y"}, args) == ""
     collator = MBlipCollator(MBlipProcessor.from_pretrained(parts / "blip2", is_encoder_decoder=False), args)
-    batch = collator([{"image_id": "full.jpg", "context": "a", "label": "b"},
-                      {"image_id": "truncated.jpg", "context": "a", "label": "b"}])  # fmt: skip
+    batch = collator(
+        [
+            {"image_id": "full.jpg", "context": "a", "label": "b"},
+            {"image_id": "truncated.jpg", "context": "a", "label": "b"},
+        ]
+    )
     assert batch["pixel_values"].shape[0] == 1 and collator.failures == 1
     with pytest.raises(RuntimeError, match="Every image of a batch of 1 rows failed to decode"):
         collator([{"image_id": "truncated.jpg", "context": "a", "label": "b"}])
 
 
 def test_two_processes_under_accelerate_launch(parts, tmp_path):
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "train_mblip.py",
-               *cli(parts, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2")]  # fmt: skip
+    command = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "train_mblip.py",
+        *cli(parts, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2"),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -278,7 +388,10 @@ def test_arguments_come_from_the_command_line_or_one_yaml_file(parts, tmp_path):
     model_args, data_args, training_args = train_mblip.parse_args([str(tmp_path / "args.yaml")])
     assert model_args.load_in_4bit and model_args.lora_r == 4 and data_args.image_column == "image_id"
     assert (training_args.learning_rate, training_args.qformer_learning_rate, training_args.lora_learning_rate) == (
-        5e-5, 1e-5, 2e-4)  # fmt: skip
+        5e-5,
+        1e-5,
+        2e-4,
+    )
     with pytest.raises(ValueError, match="Choose one of --load_in_8bit and --load_in_4bit"):
         train_mblip.parse_args(cli(parts, tmp_path, "--load_in_8bit", "--load_in_4bit"))
     with pytest.raises(ValueError, match="either --model_name_or_path"):
@@ -292,8 +405,12 @@ def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(os.path.join("configs", name))
-    expected = {"multi_gpu.yaml": "MULTI_GPU", "deepspeed_zero2.yaml": "DEEPSPEED", "fsdp.yaml": "FSDP",
-                "cpu_2proc.yaml": "MULTI_CPU"}[name]  # fmt: skip
+    expected = {
+        "multi_gpu.yaml": "MULTI_GPU",
+        "deepspeed_zero2.yaml": "DEEPSPEED",
+        "fsdp.yaml": "FSDP",
+        "cpu_2proc.yaml": "MULTI_CPU",
+    }[name]
     assert str(config.distributed_type).endswith(expected)
     if name == "deepspeed_zero2.yaml":
         assert config.deepspeed_config["zero_stage"] == 2
@@ -313,7 +430,8 @@ def test_cached_image_features_train_like_pixels_without_running_the_vit(parts, 
     pixels, cached = CountViTCalls(), CountViTCalls()
     from_pixels, _ = train_mblip.main(cli(parts, tmp_path / "pixels", *extra), callbacks=[pixels])
     from_cache, _ = train_mblip.main(
-        cli(parts, tmp_path / "cached", *extra, "--image_features_cache", str(tmp_path / "features")), callbacks=[cached]
+        cli(parts, tmp_path / "cached", *extra, "--image_features_cache", str(tmp_path / "features")),
+        callbacks=[cached],
     )
     assert pixels.calls == 4 and cached.calls == 0
     losses = [[e["loss"] for e in t.state.log_history if "loss" in e] for t in (from_pixels, from_cache)]
@@ -335,7 +453,9 @@ def test_image_features_cache_resumes_refuses_another_vit_and_skips_undecodable_
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     for name in ("red.png", "green.png", "blue.png"):
         (tmp_path / name).symlink_to(parts / "images" / name)
-    args = train_mblip.DataArguments(train_file="x.jsonl", image_root=str(tmp_path), image_features_cache=str(tmp_path / "c"))
+    args = train_mblip.DataArguments(
+        train_file="x.jsonl", image_root=str(tmp_path), image_features_cache=str(tmp_path / "c")
+    )
 
     def rows(*names):
         return datasets.Dataset.from_list([{"image_id": n, "context": "", "label": "x"} for n in names])
@@ -344,7 +464,11 @@ def test_image_features_cache_resumes_refuses_another_vit_and_skips_undecodable_
     first_shard = next((tmp_path / "c").glob("shard-*")).stat().st_mtime_ns
     # A larger dataset later: only the new images are encoded, into a new shard; the first is untouched.
     cache = train_mblip.build_image_features_cache(
-        model, processor, [rows("red.png", "blue.png", "ok.png", "broken.png"), rows(["green.png", "blue.png"])], args, 2
+        model,
+        processor,
+        [rows("red.png", "blue.png", "ok.png", "broken.png"), rows(["green.png", "blue.png"])],
+        args,
+        2,
     )
     assert len(cache.shard_of) == 4 and len(list((tmp_path / "c").glob("shard-*"))) == 2
     assert next(iter(sorted((tmp_path / "c").glob("shard-*")))).stat().st_mtime_ns == first_shard
@@ -355,8 +479,12 @@ def test_image_features_cache_resumes_refuses_another_vit_and_skips_undecodable_
     torch.testing.assert_close(cache.load([str(tmp_path / "blue.png")])[0], expected)
     # The collator trains from them: rows with several images stack per row; an undecodable image's row is skipped.
     collator = train_mblip.MBlipCollator(processor, args, features=cache)
-    batch = collator([{"image_id": "red.png", "context": "a", "label": "b"},
-                      {"image_id": "broken.png", "context": "a", "label": "b"}])  # fmt: skip
+    batch = collator(
+        [
+            {"image_id": "red.png", "context": "a", "label": "b"},
+            {"image_id": "broken.png", "context": "a", "label": "b"},
+        ]
+    )
     assert "pixel_values" not in batch and batch["image_embeds"].shape[0] == 1 and collator.failures == 1
     pair = collator([{"image_id": ["green.png", "blue.png"], "context": "a", "label": "b"}])
     assert pair["image_embeds"].shape[:2] == (1, 2)
@@ -372,5 +500,14 @@ def test_image_features_cache_refuses_augmentation_and_a_trained_vit(parts, tmp_
     with pytest.raises(ValueError, match="cannot follow --augment"):
         train_mblip.main(cli(parts, tmp_path / "a", "--augment", "--image_features_cache", str(tmp_path / "c")))
     with pytest.raises(ValueError, match="needs a frozen ViT"):
-        train_mblip.main(cli(parts, tmp_path / "b", "--train_vision_model", "--max_steps", "1",
-                             "--image_features_cache", str(tmp_path / "c")))  # fmt: skip
+        train_mblip.main(
+            cli(
+                parts,
+                tmp_path / "b",
+                "--train_vision_model",
+                "--max_steps",
+                "1",
+                "--image_features_cache",
+                str(tmp_path / "c"),
+            )
+        )

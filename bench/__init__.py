@@ -1,1 +1,0 @@
-"""Side-by-side performance comparisons: `python -m bench` runs them all and writes BENCHMARKS.md."""

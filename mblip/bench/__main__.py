@@ -1,0 +1,235 @@
+"""Every performance comparison in one run; writes the machine-readable results and BENCHMARKS.md.
+
+    python -m mblip.bench                                   # CPU sizes, ~12 minutes on 2 cores
+    python -m mblip.bench --only inference training         # a subset
+    python -m mblip.bench --render_only                     # rebuild BENCHMARKS.md from benchmarks/*.json
+
+    # GPU, real shapes with random weights (BLIP-2 ViT-g + Q-Former + mT0-XL / BLOOMZ-7B1):
+    python -m mblip.bench --device cuda --full_size
+    python -m mblip.bench --device cuda --full_size --only inference --static_cache --compile
+
+Each device writes benchmarks/<device>.json (a CPU run never overwrites GPU results, nor the reverse), and
+BENCHMARKS.md is rendered from all the result files present.
+"""
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+from mblip.data.storage import atomic_open
+
+from . import common
+
+
+logger = logging.getLogger("bench")
+
+PARTS = ("inference", "training", "translation")
+
+
+@dataclass
+class BenchArguments:
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda (cuda[:N])."})
+    full_size: bool = field(
+        default=False,
+        metadata={"help": "Random weights at the real shapes (ViT-g, Q-Former, mT0-XL / BLOOMZ-7B1); needs a GPU."},
+    )
+    size: str | None = field(
+        default=None, metadata={"help": "Model sizes: cpu (default), full (= --full_size), tiny (tests, seconds)."}
+    )
+    only: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": f"Parts to run, of {PARTS}."})
+    families: list[str] = field(default_factory=lambda: ["mt5", "bloom"], metadata={"help": "LLM families."})
+    repeats: int = field(
+        default=20,
+        metadata={"help": "Alternating rounds per inference comparison (10 left batch-16 verdicts to chance)."},
+    )
+    batch_sizes: list[int] | None = field(
+        default=None, metadata={"help": "Inference batch sizes (default: 1 16 on CPU sizes, 1 16 64 full size)."}
+    )
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Tokens per caption (default 10, full 30)."})
+    llm_dtypes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Inference LLM precisions of float32 bfloat16 int8 int4 (default: float32 on CPU; "
+            "bfloat16 int8 int4 on CUDA)."
+        },
+    )
+    static_cache: bool = field(default=False, metadata={"help": "Also time mBLIP with a static KV cache."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the vision stack (both sides share it)."})
+    memory_repeats: int = field(default=2, metadata={"help": "Fresh processes per side for CPU inference memory."})
+    train_repeats: int = field(default=5, metadata={"help": "Fresh training runs per side."})
+    train_steps: int | None = field(default=None, metadata={"help": "Steps per training run (default 8, full 10)."})
+    train_warmup_steps: int | None = field(default=None, metadata={"help": "Steps left out of samples/s (2, full 3)."})
+    train_batch_size: int | None = field(default=None, metadata={"help": "Training batch (default 4, full 8)."})
+    train_families: list[str] | None = field(default=None, metadata={"help": "Default: --families."})
+    train_settings: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training settings to run, by name (CPU: fp32 int8+gc; GPU: int8+gc int4+gc). Default: all."},
+    )
+    translation_repeats: int = field(default=7, metadata={"help": "Alternating rounds per translation profile."})
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch threads on CPU. 1 by default: on a shared 2-core machine two OpenMP threads stall "
+            "whenever another process takes a core, which swamps the differences we measure."
+        },
+    )
+    peak_tflops: float | None = field(default=None, metadata={"help": "Peak bf16 TFLOP/s for MFU if not detected."})
+    results_dir: str = field(default="benchmarks", metadata={"help": "Where <device>.json goes."})
+    output: str = field(default="BENCHMARKS.md", metadata={"help": "The rendered report."})
+    render_only: bool = field(default=False, metadata={"help": "Only re-render the report from results_dir."})
+    log_file: str = field(
+        default="outputs/bench/children.log", metadata={"help": "Where the measured processes' own output goes."}
+    )
+
+    def __post_init__(self):
+        unknown = sorted(set(self.only) - set(PARTS))
+        if unknown:
+            raise ValueError(f"--only takes {PARTS}, got {unknown}")
+        bad = sorted(set(self.families + (self.train_families or [])) - set(common.FAMILIES))
+        if bad:
+            raise ValueError(f"--families takes {common.FAMILIES}, got {bad}")
+        cuda = torch.device(self.device).type == "cuda"
+        if self.size not in (None, *common.SIZES):
+            raise ValueError(f"--size takes {common.SIZES}, got {self.size!r}")
+        if self.size == "full" and not self.full_size:
+            self.full_size = True
+        if self.full_size and self.size not in (None, "full"):
+            raise ValueError(f"--full_size contradicts --size {self.size}")
+        full = self.full_size
+        self.size = "full" if full else (self.size or "cpu")
+        self.batch_sizes = self.batch_sizes or ([1, 16, 64] if full else [1, 16])
+        self.max_new_tokens = self.max_new_tokens or (30 if full else 10)
+        self.llm_dtypes = self.llm_dtypes or (["bfloat16", "int8", "int4"] if cuda else ["float32"])
+        self.train_steps = self.train_steps or (10 if full else 8)
+        self.train_warmup_steps = self.train_warmup_steps if self.train_warmup_steps is not None else (3 if full else 2)
+        self.train_batch_size = self.train_batch_size or (8 if full else 4)
+        self.train_families = self.train_families or list(self.families)
+        if self.full_size and not cuda:
+            raise ValueError("--full_size builds multi-billion-parameter models: it needs --device cuda")
+        if self.train_steps <= self.train_warmup_steps:
+            raise ValueError(
+                f"--train_steps {self.train_steps} must exceed --train_warmup_steps {self.train_warmup_steps}"
+            )
+
+
+def results_path(args) -> Path:
+    device = torch.device(args.device).type
+    return Path(args.results_dir) / f"{device}{'' if args.size == 'cpu' else '-' + args.size}.json"
+
+
+def save(results: dict, path: Path):
+    # Written after every part, so that a long GPU run that dies keeps what it measured.
+    with atomic_open(path) as handle:
+        json.dump(results, handle, indent=1, default=str)
+
+
+def run_translation(repeats: int) -> dict:
+    """bench/translation.py's run() for each of its length profiles, each in a child (it sets its own thread count)."""
+    from . import translation
+
+    results = [common.in_child(translation.run, repeats=repeats, profile=p) for p in translation.PROFILES]
+    return {"results": results, "markdown": translation.markdown(results)}
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = HfArgumentParser(BenchArguments)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
+    from .report import render
+
+    if args.render_only:
+        Path(args.output).write_text(render(args.results_dir), encoding="utf-8")
+        logger.info("Wrote %s from %s", args.output, args.results_dir)
+        return 0
+    common.require_device(args.device)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded: every model is built on the spot
+    if torch.device(args.device).type == "cpu":
+        torch.set_num_threads(args.threads)
+    log = Path(args.log_file)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+    common.set_child_log(log)
+
+    path = results_path(args)
+    # A run of some parts keeps the other parts' last results (each part records its own run below).
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    results.update(machine=common.machine(args.device), seconds={}, runs=results.get("runs", {}))
+    run_info = {
+        "command": " ".join(["python -m mblip.bench", *(sys.argv[1:] if argv is None else argv)]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": results["machine"],
+    }
+    for part in args.only:
+        results["runs"][part] = run_info
+    start = time.perf_counter()
+    if "inference" in args.only:
+        from . import inference
+
+        results["inference"] = []
+        for llm_dtype in args.llm_dtypes:
+            logger.info("Inference, %s LLM: %s at batch %s", llm_dtype, args.families, args.batch_sizes)
+            t0 = time.perf_counter()
+            results["inference"].append(
+                inference.run(
+                    args.families,
+                    args.size,
+                    tuple(args.batch_sizes),
+                    args.repeats,
+                    args.max_new_tokens,
+                    args.device,
+                    llm_dtype,
+                    memory_repeats=args.memory_repeats,
+                    static_cache=args.static_cache,
+                    compile=args.compile,
+                )
+            )
+            results["seconds"][f"inference-{llm_dtype}"] = time.perf_counter() - t0
+            save(results, path)
+    if "training" in args.only:
+        from . import training
+
+        logger.info("Training: %s, batch %d, %d steps", args.train_families, args.train_batch_size, args.train_steps)
+        t0 = time.perf_counter()
+        configs = training.default_configs(args.device)
+        if args.train_settings:
+            unknown = sorted(set(args.train_settings) - {c["name"] for c in configs})
+            if unknown:
+                parser.error(f"--train_settings takes {[c['name'] for c in configs]}, got {unknown}")
+            configs = [c for c in configs if c["name"] in args.train_settings]
+        results["training"] = training.run(
+            args.train_families,
+            args.size,
+            configs=configs,
+            repeats=args.train_repeats,
+            steps=args.train_steps,
+            warmup_steps=args.train_warmup_steps,
+            batch_size=args.train_batch_size,
+            device=args.device,
+            peak_tflops=args.peak_tflops,
+        )
+        results["seconds"]["training"] = time.perf_counter() - t0
+        save(results, path)
+    if "translation" in args.only:
+        logger.info("Translation (bench/translation.py)")
+        t0 = time.perf_counter()
+        results["translation"] = run_translation(args.translation_repeats)
+        results["seconds"]["translation"] = time.perf_counter() - t0
+    results["seconds"]["total"] = time.perf_counter() - start
+    save(results, path)
+    Path(args.output).write_text(render(args.results_dir), encoding="utf-8")
+    logger.info("Wrote %s and %s in %.0f s", path, args.output, results["seconds"]["total"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1092 @@
+"""Build mBLIP's multilingual task mix: English vision-and-language examples in, translated instruction mix out.
+
+    python -m mblip.data.translate --input en.jsonl --output mix/ --languages all \\
+        --model facebook/nllb-200-distilled-1.3B
+
+    accelerate launch -m data.translate --input en.jsonl --output mix/      # data-parallel over all GPUs
+
+Each example gets a target language (temperature sampling over mC4 sizes with a per-language floor by default; the
+paper's mC4-proportional split with ``--sampling mc4``), its text fields are machine-translated with NLLB, the
+translations are filtered, and the example is rendered into the ``image_id``/``context``/``label`` columns that
+train_mblip.py reads, plus ``lang`` and ``task``. Arguments can also come from one JSON or YAML file:
+``python -m mblip.data.translate mix.yaml``.
+
+Work is split into shards of one language each. A shard is written atomically with a done-marker; a killed run
+restarted with the same command skips finished shards and produces no duplicates. The final file (``train.jsonl`` or
+``train.parquet``) and ``report.json`` (filter counts per language and reason, malformed rows) are written once all
+shards are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from .filters import FilterConfig, FilterReport, check_fields, check_translation
+from .inputs import Columns, Example, check_malformed, input_fingerprint, load_examples
+from .languages import (
+    DEFAULT_TEMPERATURE,
+    ENGLISH,
+    LANGUAGE_BY_CODE,
+    NO_SPACE_LANGUAGES,
+    SAMPLING_RULES,
+    assign_languages,
+    get_language,
+    parse_languages,
+    plan_language_counts,
+    stable_seed,
+)
+from .storage import (
+    atomic_write_json,
+    read_json,
+    read_jsonl,
+    remove_stale_temporaries,
+    write_final_jsonl,
+    write_final_parquet,
+    write_jsonl,
+)
+from .templates import (
+    TASKS,
+    LanguageTemplates,
+    build_language_templates,
+    decode_placeholders,
+    encode_placeholders,
+    parse_match_label,
+    phrases_to_translate,
+    render_example,
+    resolve_task,
+    tasks_message,
+)
+
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+OUTPUT_FORMATS = ("jsonl", "parquet")
+
+
+# ================================================================================================================
+# Arguments
+# ================================================================================================================
+
+
+@dataclass
+class DataArguments:
+    input: str = field(
+        metadata={"help": "English examples: .jsonl, .json, .csv, .parquet, or a save_to_disk directory."}
+    )
+    output: str = field(metadata={"help": "Output directory: shards, templates, the final mix and report.json."})
+    input_split: str = field(default="train", metadata={"help": "Split to read when --input is a saved DatasetDict."})
+    image_column: str = field(
+        default="image_id", metadata={"help": "Column with the image path (relative to an image root)."}
+    )
+    context_column: str = field(
+        default="context",
+        metadata={
+            "help": "Column with the question (vqa, vqa_rationale), instruction, or caption to match; unused for caption/classification."
+        },
+    )
+    target_column: str = field(
+        default="label", metadata={"help": "Column with the target: caption, answer, response, yes/no, class name."}
+    )
+    rationale_column: str = field(default="rationale", metadata={"help": "Column with the rationale (vqa_rationale)."})
+    task_column: str = field(default="task", metadata={"help": "Column with each row's task."})
+    task: str | None = field(
+        default=None, metadata={"help": f"Task of rows without a task column. Tasks: {tasks_message()}."}
+    )
+    max_rows: int | None = field(default=None, metadata={"help": "Read only the first N rows (smoke runs)."})
+    max_bad_rows: float = field(
+        default=0.01, metadata={"help": "Fail when more than this fraction of rows is malformed."}
+    )
+    output_format: str = field(default="jsonl", metadata={"help": "Final file format: jsonl or parquet."})
+    output_name: str = field(default="train", metadata={"help": "Final file name, without extension."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Discard a previous run in --output instead of resuming it."}
+    )
+
+    def __post_init__(self):
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}.")
+        if not 0 <= self.max_bad_rows <= 1:
+            raise ValueError(f"--max_bad_rows is a fraction in [0, 1], got {self.max_bad_rows}.")
+        if self.task is not None and resolve_task(self.task) is None:
+            raise ValueError(f"Unknown --task {self.task!r}. Tasks: {tasks_message()}.")
+        if self.max_rows is not None and self.max_rows <= 0:
+            raise ValueError(f"--max_rows must be positive, got {self.max_rows}.")
+        if not self.output_name or "/" in self.output_name:
+            raise ValueError(f"--output_name must be a plain file name, got {self.output_name!r}.")
+
+    def columns(self) -> Columns:
+        return Columns(
+            self.image_column, self.context_column, self.target_column, self.task_column, self.rationale_column
+        )
+
+
+@dataclass
+class LanguageArguments:
+    languages: str = field(
+        default="all", metadata={"help": "'all' (mBLIP's 95) or comma-separated ISO codes, e.g. 'de,fr,sw'."}
+    )
+    sampling: str = field(
+        default="temperature",
+        metadata={
+            "help": "temperature: p ∝ mC4_size^(1/T) with a floor; mc4: the paper's mC4-proportional split; uniform."
+        },
+    )
+    temperature: float = field(
+        default=DEFAULT_TEMPERATURE, metadata={"help": "T of temperature sampling (default: mT5's 1/0.3)."}
+    )
+    language_floor: float = field(
+        default=0.5,
+        metadata={
+            "help": "Each language gets at least this fraction of its uniform share of the translated examples (0 = no floor)."
+        },
+    )
+    min_examples_per_language: int = field(
+        default=0,
+        metadata={"help": "Each language gets at least this many examples per task (0 = off); fails if impossible."},
+    )
+    english_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "Fraction kept in English, untranslated (default: mC4's English share, 0.438, as in the paper; 1.0 = English-only pivot)."
+        },
+    )
+    translated_prompt_share: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of prompts from translated templates; the rest name the language in English. Default: the paper's uniform mix over both."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of language, template and shard assignment."})
+
+    def __post_init__(self):
+        self.language_codes = parse_languages(self.languages)
+        if self.sampling not in SAMPLING_RULES:
+            raise ValueError(f"--sampling must be one of {', '.join(SAMPLING_RULES)}, got {self.sampling!r}.")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}.")
+        if not 0 <= self.language_floor <= 1:
+            raise ValueError(
+                f"--language_floor is a fraction of the uniform share in [0, 1], got {self.language_floor}."
+            )
+        if self.min_examples_per_language < 0:
+            raise ValueError(f"--min_examples_per_language must be >= 0, got {self.min_examples_per_language}.")
+        for name in ("english_share", "translated_prompt_share"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"--{name} must be within [0, 1], got {value}.")
+
+
+@dataclass
+class TranslationArguments:
+    model: str = field(
+        default="facebook/nllb-200-distilled-1.3B", metadata={"help": "Seq2seq translation model (name or path)."}
+    )
+    src_lang: str = field(
+        default="eng_Latn", metadata={"help": "Source-language code of the tokenizer (NLLB: eng_Latn, M2M100: en)."}
+    )
+    lang_token_format: str = field(
+        default="nllb",
+        metadata={
+            "help": "Target-language BOS token: 'nllb' (deu_Latn) or a format with {iso}/{nllb}, e.g. '__{iso}__' for M2M100."
+        },
+    )
+    batch_size: int = field(default=64, metadata={"help": "Sentences per generate call."})
+    num_beams: int = field(default=1, metadata={"help": "Beam size (1 = greedy, as the official scripts)."})
+    max_len_a: float = field(
+        default=2.0, metadata={"help": "Token budget per sentence: max_len_a * source tokens + max_len_b."}
+    )
+    max_len_b: int = field(default=10, metadata={"help": "See --max_len_a."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Hard cap on new tokens per sentence."})
+    max_source_length: int = field(
+        default=256, metadata={"help": "Longer source sentences are not translated (counted)."}
+    )
+    split_sentences: bool = field(
+        default=True, metadata={"help": "Translate multi-sentence texts sentence by sentence."}
+    )
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 weights on CUDA (ignored on CPU)."})
+    shard_size: int = field(default=10_000, metadata={"help": "Examples per shard, the unit of resumption."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+    def __post_init__(self):
+        for name in ("batch_size", "num_beams", "max_new_tokens", "max_source_length", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise ValueError(f"--max_len_a and --max_len_b must be >= 0, got {self.max_len_a} and {self.max_len_b}.")
+        if self.lang_token_format != "nllb" and not re.search(r"\{(iso|nllb)\}", self.lang_token_format):
+            raise ValueError(
+                f"--lang_token_format must be 'nllb' or contain {{iso}} or {{nllb}}, got {self.lang_token_format!r}."
+            )
+
+
+@dataclass
+class FilterArguments:
+    max_length_ratio: float = field(
+        default=3.0, metadata={"help": "Drop translations longer than ratio * source characters + slack."}
+    )
+    length_slack: int = field(default=20, metadata={"help": "Characters allowed beyond the ratio."})
+    short_length_slack: int = field(default=8, metadata={"help": "The same for short answers (VQA, class names)."})
+    max_chars: int = field(default=4000, metadata={"help": "Drop translations longer than this."})
+    drop_truncated: bool = field(default=True, metadata={"help": "Drop translations that used up their token budget."})
+    copy_min_words: int = field(
+        default=3, metadata={"help": "Sources of this many words must not come back unchanged."}
+    )
+    repetition_max_ngram: int = field(default=4, metadata={"help": "Longest n-gram checked for loops."})
+    repetition_min_repeats: int = field(default=4, metadata={"help": "Consecutive repeats that make a loop."})
+    check_language: bool = field(
+        default=True, metadata={"help": "Drop translations py3langid puts in another language."}
+    )
+    langid_min_chars: int = field(default=20, metadata={"help": "Shorter texts are reported as unchecked."})
+
+    def __post_init__(self):
+        if self.max_length_ratio <= 0:
+            raise ValueError(f"--max_length_ratio must be > 0, got {self.max_length_ratio}.")
+        if self.repetition_max_ngram < 1 or self.repetition_min_repeats < 2:
+            raise ValueError(
+                f"--repetition_max_ngram must be >= 1 and --repetition_min_repeats >= 2, got "
+                f"{self.repetition_max_ngram} and {self.repetition_min_repeats}."
+            )
+
+    def config(self) -> FilterConfig:
+        return FilterConfig(**{f.name: getattr(self, f.name) for f in fields(FilterConfig)})
+
+
+# Options that do not change the output: they may differ between a run and its resumption (a smaller batch after an
+# out-of-memory error, another output format).
+RESUME_INSENSITIVE = {"batch_size", "progress", "output_format", "output_name", "max_bad_rows", "overwrite_output_dir"}
+
+
+# ================================================================================================================
+# Translation engine
+# ================================================================================================================
+
+
+class Translation(NamedTuple):
+    text: str | None
+    status: str  # ok | truncated | source_too_long
+
+
+class LengthCapLogitsProcessor(LogitsProcessor):
+    """Ends row i after ``caps[i]`` new tokens by forcing EOS.
+
+    The budget depends on the sentence alone (fairseq's max_len_a * source + max_len_b), so a sentence's translation
+    does not depend on its batch neighbours, and a decoder stuck in a loop stops early instead of running to a global
+    maximum. The batch still decodes until its longest budget: length-sorted batches keep these budgets similar.
+    """
+
+    def __init__(self, caps: torch.Tensor, eos_token_id: int):
+        self.caps = caps
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        caps = self.caps.to(scores.device)
+        if caps.shape[0] != scores.shape[0]:  # beam search: each row's beams are contiguous
+            caps = caps.repeat_interleave(scores.shape[0] // caps.shape[0])
+        # The decoder prompt is the single decoder-start token; this step produces new token number (len - 1) + 1.
+        done = caps <= input_ids.shape[-1]
+        if done.any():
+            scores = scores.clone()
+            scores[done] = -float("inf")
+            scores[done, self.eos_token_id] = 0.0
+        return scores
+
+
+class Translator:
+    """Translates English sentences with a seq2seq model whose target language is a forced BOS token (NLLB, M2M100).
+
+    Sentences are deduplicated, tokenized once, sorted by length (longest first, so an out-of-memory error shows up in
+    the first batch), translated in batches and put back in order.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        src_lang: str = "eng_Latn",
+        lang_token_format: str = "nllb",
+        batch_size: int = 64,
+        num_beams: int = 1,
+        max_len_a: float = 2.0,
+        max_len_b: int = 10,
+        max_new_tokens: int = 256,
+        max_source_length: int = 256,
+        sort_by_length: bool = True,
+        show_progress: bool = True,
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        if hasattr(tokenizer, "src_lang"):
+            tokenizer.src_lang = src_lang
+        else:
+            logger.warning(
+                "Tokenizer %s has no src_lang: sources are encoded without a language token.", type(tokenizer).__name__
+            )
+        self.lang_token_format = lang_token_format
+        self.batch_size = batch_size
+        self.num_beams = num_beams
+        self.max_len_a = max_len_a
+        self.max_len_b = max_len_b
+        self.max_new_tokens = max_new_tokens
+        self.max_source_length = max_source_length
+        self.sort_by_length = sort_by_length
+        self.show_progress = show_progress
+        eos = model.generation_config.eos_token_id
+        self.eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.generate_calls = 0
+        self.sentences_translated = 0
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, device: torch.device | str = "cpu", bf16: bool = True, **kwargs
+    ) -> Translator:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        device = torch.device(device)
+        # bf16 halves memory and doubles throughput on GPUs; on CPU it is slow and changes outputs, so float32 there.
+        dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, src_lang=kwargs.get("src_lang", "eng_Latn"))
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, dtype=dtype).to(device)
+        logger.info("Loaded %s on %s (%s).", name_or_path, device, dtype)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def target_token(self, code: str) -> str:
+        language = get_language(code)
+        if self.lang_token_format == "nllb":
+            return language.nllb
+        return self.lang_token_format.format(iso=language.code, nllb=language.nllb)
+
+    def target_token_id(self, code: str) -> int:
+        token = self.target_token(code)
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"The tokenizer has no target-language token {token!r} for {code!r}.")
+        return token_id
+
+    def check_languages(self, codes: Sequence[str]) -> None:
+        """Fail before any translation when the model lacks one of the target languages."""
+        missing = []
+        for code in codes:
+            try:
+                self.target_token_id(code)
+            except ValueError:
+                missing.append(f"{code} ({self.target_token(code)})")
+        if missing:
+            raise ValueError(
+                f"The translation model's tokenizer has no target-language token for: {', '.join(missing)}. "
+                "Check --model and --lang_token_format, or drop these languages from --languages."
+            )
+
+    def budgets(self, lengths: Sequence[int]) -> list[int]:
+        # At least 2: the forced language token plus one more.
+        return [max(2, min(self.max_new_tokens, math.ceil(self.max_len_a * n + self.max_len_b))) for n in lengths]
+
+    def generation_kwargs(self, token_id: int, caps: Sequence[int]) -> dict:
+        return dict(
+            forced_bos_token_id=token_id,
+            max_new_tokens=max(caps),
+            num_beams=self.num_beams,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([LengthCapLogitsProcessor(torch.tensor(caps), self.eos_token_id)]),
+        )
+
+    @torch.inference_mode()
+    def generate_batch(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[Translation]:
+        """Translate one batch of tokenized sentences (no sorting here)."""
+        caps = self.budgets([len(ids) for ids in input_ids])
+        batch = self.tokenizer.pad({"input_ids": [list(ids) for ids in input_ids]}, return_tensors="pt").to(self.device)
+        self.generate_calls += 1
+        out = self.model.generate(**batch, **self.generation_kwargs(token_id, caps))
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        results = []
+        for row, text, cap in zip(out.tolist(), texts, caps, strict=True):
+            # row[0] is the decoder start token; the first EOS after it ends the translation.
+            end = next((i for i in range(1, len(row)) if row[i] == self.eos_token_id), None)
+            truncated = end is None or end >= cap
+            results.append(Translation(text.strip(), "truncated" if truncated else "ok"))
+        return results
+
+    def translate(self, texts: Sequence[str], language: str, desc: str | None = None) -> list[Translation]:
+        """Translate ``texts`` from English into ``language`` (an ISO code of the table)."""
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return []
+        token_id = self.target_token_id(language)
+        unique = list(dict.fromkeys(texts))
+        encoded = self.tokenizer(unique, add_special_tokens=True)["input_ids"]
+        results: dict[str, Translation] = {}
+        todo = []
+        for text, ids in zip(unique, encoded, strict=True):
+            if len(ids) > self.max_source_length:
+                results[text] = Translation(None, "source_too_long")
+            else:
+                todo.append((text, ids))
+        if self.sort_by_length:
+            todo.sort(key=lambda item: -len(item[1]))  # stable: equal lengths keep input order
+        with tqdm(
+            total=len(todo),
+            desc=desc or f"translate -> {language}",
+            unit="sent",
+            leave=False,
+            disable=not self.show_progress,
+        ) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                for (text, _), translation in zip(
+                    chunk, self.generate_batch([ids for _, ids in chunk], token_id), strict=True
+                ):
+                    results[text] = translation
+                bar.update(len(chunk))
+        self.sentences_translated += len(todo)
+        return [results[text] for text in texts]
+
+
+# ================================================================================================================
+# Sentence splitting
+# ================================================================================================================
+
+# A sentence ends at . ! ? followed by space and an upper-case letter, digit or quote; newlines always split. NLLB is
+# trained on single sentences and tends to drop the tail of long multi-sentence inputs.
+_SENTENCE_END = re.compile(r"(?<=[.!?])([ \t]+)(?=[A-Z0-9\"'(])|(\s*\n\s*)")
+
+
+def split_sentences(text: str) -> tuple[list[str], list[str]]:
+    """Sentences and the separators between them (len(seps) == len(sentences) - 1)."""
+    sentences, separators, start = [], [], 0
+    for match in _SENTENCE_END.finditer(text):
+        piece = text[start : match.start()]
+        if piece.strip():
+            sentences.append(piece.strip())
+            separators.append(match.group(0))
+        start = match.end()
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    elif separators:
+        separators.pop()
+    return sentences, separators
+
+
+def join_sentences(sentences: Sequence[str], separators: Sequence[str], language: str) -> str:
+    parts = [sentences[0]]
+    for sep, sentence in zip(separators, sentences[1:], strict=True):
+        if "\n" in sep:
+            parts.append("\n" * sep.count("\n"))
+        else:
+            parts.append("" if language in NO_SPACE_LANGUAGES else " ")
+        parts.append(sentence)
+    return "".join(parts)
+
+
+_STATUS_RANK = {"ok": 0, "truncated": 1, "source_too_long": 2}
+
+
+def translate_fields(
+    translator: Translator, texts: Sequence[str], language: str, split: bool, desc: str
+) -> list[Translation]:
+    """Translate whole texts, sentence by sentence when ``split``; a text's status is its worst sentence's."""
+    pieces = [split_sentences(text) if split else ([text], []) for text in texts]
+    flat = [sentence for sentences, _ in pieces for sentence in sentences]
+    translated = iter(translator.translate(flat, language, desc=desc))
+    results = []
+    for sentences, separators in pieces:
+        parts = [next(translated) for _ in sentences]
+        status = max((p.status for p in parts), key=_STATUS_RANK.__getitem__, default="ok")
+        if not parts:
+            results.append(Translation("", "ok"))  # nothing to translate: the filters call it empty
+            continue
+        if status == "source_too_long":
+            results.append(Translation(None, status))
+            continue
+        results.append(Translation(join_sentences([p.text for p in parts], separators, language), status))
+    return results
+
+
+# ================================================================================================================
+# Templates per language (translated once, cached on disk)
+# ================================================================================================================
+
+
+def _without_placeholders(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\{\w+\}", "", text)).strip()
+
+
+class TemplateStore:
+    """Prompt templates per language: plain templates translated once per language and kept in templates/<lang>.json,
+    so neither another shard nor a resumed run translates them again."""
+
+    def __init__(self, directory: Path, tasks: Sequence[str], filter_config: FilterConfig):
+        self.directory = directory
+        self.tasks = list(tasks)
+        self.filter_config = filter_config
+        self._cache: dict[str, dict[str, LanguageTemplates]] = {}
+
+    def path(self, language: str) -> Path:
+        return self.directory / f"{language}.json"
+
+    def phrases(self) -> list[str]:
+        return list(dict.fromkeys(p for task in self.tasks for p in phrases_to_translate(TASKS[task])))
+
+    def get(self, language: str, translator_factory) -> dict[str, LanguageTemplates]:
+        if language not in self._cache:
+            translations = {} if language == ENGLISH else self._translations(language, translator_factory)
+            self._cache[language] = {
+                task: build_language_templates(TASKS[task], get_language(language), translations) for task in self.tasks
+            }
+        return self._cache[language]
+
+    def _translations(self, language: str, translator_factory) -> dict[str, str | None]:
+        phrases = self.phrases()
+        path = self.path(language)
+        stored = read_json(path) if path.exists() else {"translations": {}, "dropped": {}}
+        missing = [p for p in phrases if p not in stored["translations"]]
+        if missing:
+            encoded = [encode_placeholders(p) for p in missing]
+            outputs = translator_factory().translate([e for e, _ in encoded], language, desc=f"templates -> {language}")
+            for phrase, (_, names), output in zip(missing, encoded, outputs, strict=True):
+                decoded, reason = None, None
+                if output.text is not None:
+                    decoded = decode_placeholders(output.text, names)
+                    reason = "placeholder" if decoded is None else None
+                if reason is None:
+                    # The filters judge the words around the placeholders.
+                    verdict = check_translation(
+                        _without_placeholders(phrase),
+                        None if decoded is None else _without_placeholders(decoded),
+                        language,
+                        self.filter_config,
+                        status=output.status,
+                    )
+                    reason = verdict.reason
+                if reason:
+                    stored["dropped"][phrase] = reason
+                    decoded = None
+                stored["translations"][phrase] = decoded
+            atomic_write_json(path, stored)
+        return stored["translations"]
+
+    def report(self) -> dict:
+        out = {}
+        for path in sorted(self.directory.glob("*.json")):
+            stored = read_json(path)
+            kept = sum(v is not None for v in stored["translations"].values())
+            out[path.stem] = {"kept": kept, "dropped": dict(Counter(stored["dropped"].values()))}
+        return out
+
+
+# ================================================================================================================
+# Planning: languages, templates and shards from the seed
+# ================================================================================================================
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    language: str
+    indices: tuple[int, ...]  # example indices (input positions), ascending
+
+
+def plan_assignments(
+    examples: Sequence[Example], args: LanguageArguments
+) -> tuple[dict[int, str], dict[str, dict[str, int]]]:
+    """Language of every example, and the planned counts per task and language.
+
+    Allocation is per task, so every task follows the sampling rule (and its floor) on its own.
+    """
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for example in examples:
+        by_task[example.task].append(example.index)
+    assignment, plan = {}, {}
+    for task in sorted(by_task):
+        indices = by_task[task]
+        counts = plan_language_counts(
+            len(indices),
+            args.language_codes,
+            rule=args.sampling,
+            temperature=args.temperature,
+            language_floor=args.language_floor,
+            min_examples=args.min_examples_per_language,
+            english_share=args.english_share,
+            context=f"task {task!r} ({len(indices)} examples)",
+        )
+        plan[task] = {code: n for code, n in counts.items() if n}
+        assignment.update(zip(indices, assign_languages(counts, args.seed, salt=task), strict=True))
+    return assignment, plan
+
+
+def template_draws(n_rows: int, seed: int) -> np.ndarray:
+    """Two uniform numbers per input row: prompt template and target template."""
+    return np.random.default_rng(stable_seed(seed, "templates")).random((n_rows, 2))
+
+
+def make_shards(assignment: dict[int, str], shard_size: int) -> list[Shard]:
+    by_language: dict[str, list[int]] = defaultdict(list)
+    for index, language in assignment.items():
+        by_language[language].append(index)
+    order = [ENGLISH] + [code for code in LANGUAGE_BY_CODE if code != ENGLISH]
+    shards = []
+    for language in order:
+        indices = sorted(by_language.get(language, ()))
+        for k, start in enumerate(range(0, len(indices), shard_size)):
+            shards.append(Shard(f"{language}-{k:05d}", language, tuple(indices[start : start + shard_size])))
+    return shards
+
+
+# ================================================================================================================
+# One shard
+# ================================================================================================================
+
+
+def _slots(example: Example) -> dict[str, object]:
+    spec = TASKS[example.task]
+    slots = {}
+    for role, slot in spec.slots.items():
+        value = example.fields.get(role)
+        if slot == "match":
+            slots[slot] = parse_match_label(value)
+        else:
+            text = str(value).strip()
+            if slot == "rationale" and text and text[-1] not in ".!?":
+                text += "."  # the target templates continue with a new sentence
+            slots[slot] = text
+    return slots
+
+
+_FINAL_PUNCTUATION = ".!?。！？।۔"
+
+
+def _match_final_punctuation(source: str, output: str) -> str:
+    """NLLB ends most outputs like a sentence ("red" -> "Rot."); a short answer without a final stop keeps none."""
+    if source and source[-1] not in _FINAL_PUNCTUATION:
+        return output.rstrip(_FINAL_PUNCTUATION).rstrip() or output
+    return output
+
+
+def process_shard(
+    shard: Shard,
+    examples: dict[int, Example],
+    draws: np.ndarray,
+    templates: dict[str, LanguageTemplates],
+    translator: Translator | None,
+    filter_config: FilterConfig,
+    language_args: LanguageArguments,
+    split: bool = True,
+) -> tuple[list[dict], FilterReport]:
+    """Translate, filter and render the examples of one shard."""
+    language = shard.language
+    items = [(examples[i], _slots(examples[i])) for i in shard.indices]
+    report = FilterReport()
+    outputs: dict[tuple[int, str], Translation] = {}
+    if language != ENGLISH:
+        keys = [(ex.index, slot) for ex, slots in items for slot in TASKS[ex.task].translated]
+        sources = [slots[slot] for ex, slots in items for slot in TASKS[ex.task].translated]
+        outputs = dict(zip(keys, translate_fields(translator, sources, language, split, desc=shard.name), strict=True))
+    rows = []
+    for example, slots in items:
+        spec = TASKS[example.task]
+        reason, langids = None, []
+        if language != ENGLISH:
+            translated = [outputs[(example.index, slot)] for slot in spec.translated]
+            reason, langids = check_fields(
+                [slots[slot] for slot in spec.translated],
+                [t.text for t in translated],
+                [t.status for t in translated],
+                [slot in spec.short for slot in spec.translated],
+                language,
+                filter_config,
+            )
+            if reason is None:
+                slots = {
+                    **slots,
+                    **{
+                        slot: _match_final_punctuation(slots[slot], t.text) if slot in spec.short else t.text
+                        for slot, t in zip(spec.translated, translated, strict=True)
+                    },
+                }
+        if reason is None:
+            task_templates = templates[example.task]
+            if not (task_templates.named or task_templates.translated) or (spec.targets and not task_templates.targets):
+                reason = "no_template"
+        report.add(language, example.task, reason, langids)
+        if reason is not None:
+            continue
+        u_prompt, u_target = draws[example.index]
+        context, label = render_example(
+            spec, task_templates, slots, u_prompt, u_target, language_args.translated_prompt_share
+        )
+        row = {
+            "_index": example.index,
+            "image_id": example.image_id,
+            "context": context,
+            "label": label,
+            "lang": language,
+            "task": example.task,
+        }
+        row.update({k: v for k, v in example.extra.items() if k not in row})
+        rows.append(row)
+    return rows, report
+
+
+# ================================================================================================================
+# The run
+# ================================================================================================================
+
+
+def _partial_state():
+    """accelerate's process state. Launched as several processes without CUDA, the processes are CPU workers that
+    talk over gloo; accelerate only picks that when asked for the CPU explicitly."""
+    from accelerate import PartialState
+
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=multi_process and not torch.cuda.is_available())
+
+
+def _settings(data_args, language_args, translation_args, filter_args) -> dict:
+    settings = {}
+    for args in (data_args, language_args, translation_args, filter_args):
+        settings.update({k: v for k, v in asdict(args).items() if k not in RESUME_INSENSITIVE})
+    # Paths may move between a run and its resumption; the input's content fingerprint is checked instead.
+    settings.pop("output", None)
+    settings.pop("input", None)
+    return settings
+
+
+def _check_or_write_run_config(out: Path, config: dict, overwrite: bool) -> None:
+    path = out / "run_config.json"
+    if path.exists() and not overwrite:
+        previous = read_json(path)
+        old, new = previous.get("settings", {}), config["settings"]
+        diffs = [
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
+        for key in ("input_fingerprint", "n_rows", "format_version"):
+            if previous.get(key) != config[key]:
+                diffs.append(f"{key}: {previous.get(key)!r} -> {config[key]!r}")
+        if diffs:
+            raise ValueError(
+                f"{out} holds a run with other settings, so its shards cannot be reused:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse the same settings to resume, another --output, or --overwrite_output_dir to start over."
+            )
+        return
+    atomic_write_json(path, config)
+
+
+def _reset_output(out: Path, output_name: str) -> None:
+    for sub in ("shards", "templates"):
+        for path in (out / sub).glob("*") if (out / sub).exists() else ():
+            path.unlink()
+    for name in ("run_config.json", "report.json", *(f"{output_name}.{fmt}" for fmt in OUTPUT_FORMATS)):
+        (out / name).unlink(missing_ok=True)
+
+
+def _shard_done(out: Path, shard: Shard) -> bool:
+    marker = out / "shards" / f"{shard.name}.done.json"
+    if not marker.exists() or not (out / "shards" / f"{shard.name}.jsonl").exists():
+        return False
+    info = read_json(marker)
+    # Same examples as planned now; the run config guards the rest.
+    return (
+        info.get("n_examples") == len(shard.indices)
+        and info.get("first") == shard.indices[0]
+        and info.get("last") == shard.indices[-1]
+    )
+
+
+def _prepare_output(out: Path, run_config: dict, data_args: DataArguments) -> None:
+    """Main process, before any work: directories, a fresh start if asked, the resumption check, stale temporaries."""
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "templates").mkdir(parents=True, exist_ok=True)
+    if data_args.overwrite_output_dir:
+        _reset_output(out, data_args.output_name)
+    _check_or_write_run_config(out, run_config, data_args.overwrite_output_dir)
+    for sub in ("shards", "templates", "."):
+        removed = remove_stale_temporaries(out / sub)
+        if removed:
+            logger.info("Removed %d temporary files left by an interrupted run in %s.", removed, out / sub)
+
+
+class _LazyTranslator:
+    """Loads the model on first use only: English-only work, and a resumed run with nothing left, never load it."""
+
+    def __init__(self, translator: Translator | None, args: TranslationArguments, device, show_progress: bool):
+        self.translator, self.args, self.device, self.show_progress = translator, args, device, show_progress
+
+    def __call__(self) -> Translator:
+        if self.translator is None:
+            a = self.args
+            self.translator = Translator.from_pretrained(
+                a.model,
+                device=self.device,
+                bf16=a.bf16,
+                src_lang=a.src_lang,
+                lang_token_format=a.lang_token_format,
+                batch_size=a.batch_size,
+                num_beams=a.num_beams,
+                max_len_a=a.max_len_a,
+                max_len_b=a.max_len_b,
+                max_new_tokens=a.max_new_tokens,
+                max_source_length=a.max_source_length,
+                show_progress=self.show_progress,
+            )
+        return self.translator
+
+
+def _write_shard(out: Path, shard: Shard, rows: list[dict], report: FilterReport, seconds: float) -> None:
+    """Data first, then the marker: a shard counts as done only once both are in place."""
+    write_jsonl(out / "shards" / f"{shard.name}.jsonl", rows)
+    marker = {
+        "shard": shard.name,
+        "language": shard.language,
+        "n_examples": len(shard.indices),
+        "first": shard.indices[0],
+        "last": shard.indices[-1],
+        "kept": len(rows),
+        "seconds": round(seconds, 3),
+        "report": report.to_dict(),
+    }
+    atomic_write_json(out / "shards" / f"{shard.name}.done.json", marker)
+
+
+def _write_final(out: Path, shards: Sequence[Shard], data_args: DataArguments) -> tuple[Path, int]:
+    paths = [out / "shards" / f"{shard.name}.jsonl" for shard in shards]
+
+    def rows():
+        # Shard by shard (English first, then the table's order; input order within a language): streams with one
+        # open file, whatever the number of shards. The trainer shuffles anyway.
+        for path in paths:
+            for row in read_jsonl(path):
+                row.pop("_index")
+                yield row
+
+    final = out / f"{data_args.output_name}.{data_args.output_format}"
+    if data_args.output_format == "jsonl":
+        return final, write_final_jsonl(final, rows())
+    return final, write_final_parquet(final, rows)
+
+
+def _sampling_report(language_args: LanguageArguments, plan: dict) -> dict:
+    english_share = language_args.english_share
+    return {
+        "rule": language_args.sampling,
+        "temperature": language_args.temperature if language_args.sampling == "temperature" else None,
+        "language_floor": language_args.language_floor,
+        "min_examples_per_language": language_args.min_examples_per_language,
+        "english_share": LANGUAGE_BY_CODE[ENGLISH].mc4_share / 100 if english_share is None else english_share,
+        "seed": language_args.seed,
+        "planned": plan,
+    }
+
+
+def build_task_mix(
+    data_args: DataArguments,
+    language_args: LanguageArguments,
+    translation_args: TranslationArguments,
+    filter_args: FilterArguments,
+    *,
+    translator: Translator | None = None,
+    source=None,
+) -> dict | None:
+    """Run the whole pipeline; returns the report on the main process (None on the others).
+
+    ``translator`` replaces the one loaded from ``--model``; ``source`` (a ``datasets.Dataset`` or a list of dicts)
+    replaces ``--input``.
+    """
+    from tqdm.auto import tqdm
+
+    state = _partial_state()
+    out = Path(data_args.output)
+    source = data_args.input if source is None else source
+    started = time.time()
+
+    # ---- input -------------------------------------------------------------------------------------------------
+    columns = data_args.columns()
+    default_task = resolve_task(data_args.task) if data_args.task else None
+    examples, malformed, n_rows = load_examples(
+        source, columns, default_task, data_args.input_split, data_args.max_rows
+    )
+    check_malformed(malformed, n_rows, data_args.max_bad_rows, columns)
+    if malformed.count:
+        logger.warning(
+            "%d of %d rows are malformed and skipped: %s", malformed.count, n_rows, dict(malformed.by_reason)
+        )
+    by_index = {example.index: example for example in examples}
+    tasks = sorted({example.task for example in examples})
+
+    # ---- plan (deterministic from the seed) --------------------------------------------------------------------
+    assignment, plan = plan_assignments(examples, language_args)
+    draws = template_draws(n_rows, language_args.seed)
+    shards = make_shards(assignment, translation_args.shard_size)
+
+    # ---- output directory and resumption -----------------------------------------------------------------------
+    if state.is_main_process:
+        run_config = {
+            "format_version": FORMAT_VERSION,
+            "input_fingerprint": input_fingerprint(source, data_args.input_split),
+            "n_rows": n_rows,
+            "settings": _settings(data_args, language_args, translation_args, filter_args),
+        }
+        _prepare_output(out, run_config, data_args)
+    state.wait_for_everyone()
+    n_done = sum(_shard_done(out, shard) for shard in shards)
+    logger.info(
+        "%d examples (%d tasks) -> %d shards, %d already done, %d to do on %d process(es).",
+        len(examples),
+        len(tasks),
+        len(shards),
+        n_done,
+        len(shards) - n_done,
+        state.num_processes,
+    )
+
+    # ---- translate ---------------------------------------------------------------------------------------------
+    filter_config = filter_args.config()
+    store = TemplateStore(out / "templates", tasks, filter_config)
+    show_progress = translation_args.progress and state.is_local_main_process
+    get_translator = _LazyTranslator(translator, translation_args, state.device, show_progress)
+    # Processes split the full, fixed shard list, not the pending one: which shards are pending depends on when a
+    # process looks, and two processes looking at different moments would split differently and miss or repeat
+    # shards. Ordering by shard number first mixes languages (and English, which needs no model) into every part.
+    work = sorted(shards, key=lambda shard: int(shard.name.rsplit("-", 1)[1]))
+    with state.split_between_processes(work) as mine:
+        mine = [shard for shard in mine if not _shard_done(out, shard)]
+        targets = sorted({shard.language for shard in mine if shard.language != ENGLISH})
+        if targets:
+            get_translator().check_languages(targets)
+        bar = tqdm(mine, desc="shards", unit="shard", disable=not show_progress)
+        for shard in bar:
+            bar.set_postfix_str(shard.name)
+            shard_started = time.time()
+            rows, report = process_shard(
+                shard,
+                by_index,
+                draws,
+                store.get(shard.language, get_translator),
+                get_translator() if shard.language != ENGLISH else None,
+                filter_config,
+                language_args,
+                split=translation_args.split_sentences,
+            )
+            _write_shard(out, shard, rows, report, time.time() - shard_started)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+
+    # ---- merge and report --------------------------------------------------------------------------------------
+    missing = [shard.name for shard in shards if not _shard_done(out, shard)]
+    if missing:
+        raise RuntimeError(f"{len(missing)} shards are not done after all processes finished: {missing[:10]}")
+    final, n_written = _write_final(out, shards, data_args)
+    filters = FilterReport()
+    for shard in shards:
+        filters.merge(FilterReport.from_dict(read_json(out / "shards" / f"{shard.name}.done.json")["report"]))
+    report = {
+        "output": str(final),
+        "rows": n_written,
+        "input": {
+            "source": str(source) if isinstance(source, (str, Path)) else type(source).__name__,
+            "rows": n_rows,
+            "valid": len(examples),
+            "malformed": malformed.to_dict(),
+        },
+        "sampling": _sampling_report(language_args, plan),
+        "totals": filters.totals(),
+        **filters.to_dict(),
+        "templates": store.report(),
+        "model": translation_args.model,
+        "shards": len(shards),
+        "seconds_this_run": round(time.time() - started, 1),
+    }
+    atomic_write_json(out / "report.json", report)
+    _log_summary(report)
+    return report
+
+
+def _log_summary(report: dict) -> None:
+    totals = report["totals"]
+    logger.info(
+        "Wrote %d rows to %s (report: %s).",
+        report["rows"],
+        report["output"],
+        Path(report["output"]).with_name("report.json"),
+    )
+    logger.info(
+        "Kept %d of %d examples; dropped by reason: %s",
+        totals["kept"],
+        totals["assigned"],
+        totals["dropped"] or "none",
+    )
+    logger.info("Language id of kept translated fields: %s", totals["langid"] or "none")
+    malformed = report["input"]["malformed"]
+    if malformed["count"]:
+        logger.info("Malformed input rows: %d %s", malformed["count"], malformed["by_reason"])
+    weak = [
+        f"{lang} ({entry['kept']}/{entry['assigned']})"
+        for lang, entry in report["languages"].items()
+        if entry["assigned"] and entry["kept"] < 0.5 * entry["assigned"]
+    ]
+    if weak:
+        logger.warning("Languages that lost more than half of their examples to the filters: %s", ", ".join(weak))
+
+
+# ================================================================================================================
+# Command line
+# ================================================================================================================
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (DataArguments, LanguageArguments, TranslationArguments, FilterArguments),
+        prog="python -m mblip.data.translate",
+        description="Translate English vision-and-language examples into mBLIP's multilingual task mix.",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    state = _partial_state()
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if state.is_local_main_process else logging.WARNING,
+    )
+    try:
+        args = parse_args(argv)
+        build_task_mix(*args)
+    except ValueError as error:
+        # User errors (bad option, unknown language, too many malformed rows) get their message, not a traceback;
+        # the traceback stays available at debug level.
+        logger.error("%s", error)
+        logger.debug("Traceback:", exc_info=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

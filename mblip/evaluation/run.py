@@ -1,0 +1,503 @@
+"""Evaluate an mBLIP checkpoint (a folder or a Hub id) on the paper's benchmarks, per language.
+
+    python -m eval --model Gregor/mblip-mt0-xl --task xm3600 --languages de,fr,zh \
+        --data_dir benchmarks/xm3600 --image_dir benchmarks/xm3600/images --output_dir results/mblip-mt0-xl
+
+or with the same keys in one JSON or YAML file: `python -m eval eval_xm3600.yaml`.
+
+Tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope (see eval/README.md for each benchmark's files). The
+paper's prompts and decoding settings are the defaults; `--prompt`, `--num_beams`, `--max_new_tokens`, ... override.
+
+Writes, under `<output_dir>/<task>/`: `predictions_<split>_<lang>.jsonl` (appended as they are produced; a rerun
+skips the ids already there), `results_<split>_<lang>.json`, `results.md` (languages x metrics with the average)
+and `results.png`; and `<output_dir>/model-index.yaml` and `<output_dir>/results.md` over every task evaluated
+there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .prompts import PROMPT_LANGUAGES, check_template, load_override, render, template_for
+from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolve_languages, resolve_splits
+
+
+logger = logging.getLogger("eval")
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Skips that are part of a benchmark's protocol (the official evaluation drops these rows too) rather than data
+# errors: reported, but not held against --max_skipped_fraction.
+PROTOCOL_SKIPS = {"no_gold_label"}
+
+
+# ================================================================================================ arguments
+@dataclass
+class ModelArguments:
+    model: str = field(metadata={"help": "mBLIP model folder or Hub id, e.g. Gregor/mblip-mt0-xl."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": f"One of {DTYPES}. auto: bfloat16 on CUDA (float16 without bf16 support), float32 on CPU."},
+    )
+    load_in_8bit: bool = field(
+        default=False, metadata={"help": "Quantize the LLM to 8 bit with bitsandbytes (the paper's setting)."}
+    )
+    load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 4 bit (NF4) with bitsandbytes."})
+    device: str | None = field(
+        default=None, metadata={"help": "cuda, cuda:1, cpu, ...; default: cuda if available, else cpu."}
+    )
+
+    def __post_init__(self):
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("Choose one of --load_in_8bit and --load_in_4bit, not both.")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+
+@dataclass
+class EvalArguments:
+    task: str = field(metadata={"help": "Benchmark: xm3600, xflickrco, xgqa, maxm, xvnli, marvl or pope."})
+    data_dir: str = field(metadata={"help": "The benchmark's released annotations: its folder (or the file itself)."})
+    image_dir: str = field(
+        metadata={"help": "Folder with the benchmark's images; several folders separated by commas."}
+    )
+    languages: str = field(default="all", metadata={"help": "Comma-separated language codes, or 'all'."})
+    split: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated splits; default: the paper's (test; POPE: all three settings)."},
+    )
+    batch_size: int = field(default=8, metadata={"help": "Examples per generate call."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Default: the paper's (captioning 50, else 10)."}
+    )
+    min_new_tokens: int | None = field(default=None, metadata={"help": "Default: the paper's (1)."})
+    num_beams: int | None = field(default=None, metadata={"help": "Default: the paper's (5)."})
+    length_penalty: float | None = field(
+        default=None, metadata={"help": "Default: the paper's (captioning 1, else -1)."}
+    )
+    prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt template overriding the paper's, e.g. 'Question: {question} Answer:'; or a JSON "
+            "file {language: template}. Placeholders: the task's fields, {language}."
+        },
+    )
+    prompt_language: str = field(
+        default="en",
+        metadata={"help": "en: the paper's English prompts; target: prompts translated into each language."},
+    )
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples per language."})
+    output_dir: str = field(default="eval_results", metadata={"help": "Where predictions, results and reports go."})
+    overwrite_output: bool = field(default=False, metadata={"help": "Discard earlier predictions instead of resuming."})
+    max_skipped_fraction: float = field(
+        default=0.05,
+        metadata={
+            "help": "Fail when more than this share of a language's rows is skipped (missing images, "
+            "malformed lines). Skipped rows are always counted and reported."
+        },
+    )
+    seed: int = field(default=42, metadata={"help": "Random seed (generation is deterministic: no sampling)."})
+
+    def __post_init__(self):
+        task = get_task(self.task)  # ValueError listing the supported tasks
+        self.task = task.name
+        self.language_list = resolve_languages(task, self.languages)  # ValueError listing the supported languages
+        self.split_list = resolve_splits(task, self.split)
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}")
+        for name in ("max_new_tokens", "num_beams", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name} must be at least 1, got {value}")
+        if self.min_new_tokens is not None and self.min_new_tokens < 0:
+            raise ValueError(f"--min_new_tokens must be at least 0, got {self.min_new_tokens}")
+        max_new = self.max_new_tokens or task.generation["max_new_tokens"]
+        if (self.min_new_tokens or 0) > max_new:
+            raise ValueError(f"--min_new_tokens ({self.min_new_tokens}) exceeds --max_new_tokens ({max_new})")
+        if self.prompt_language not in PROMPT_LANGUAGES:
+            raise ValueError(f"--prompt_language must be one of {PROMPT_LANGUAGES}, got {self.prompt_language!r}")
+        if self.prompt is not None and self.prompt_language != "en":
+            raise ValueError(
+                "--prompt replaces the built-in prompts; it cannot be combined with --prompt_language target"
+            )
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"--max_skipped_fraction must be within [0, 1], got {self.max_skipped_fraction}")
+        override = load_override(self.prompt)
+        for lang in self.language_list:  # every template is checked before any work starts
+            check_template(template_for(task, lang, override, self.prompt_language), task, list(task.fields))
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, EvalArguments]:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((ModelArguments, EvalArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ================================================================================================ model
+def resolve_device(requested: str | None) -> torch.device:
+    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_model(args: ModelArguments):
+    """The model (on its device, in eval mode) and its processor; bitsandbytes quantizes only the LLM."""
+    from mblip.modeling_mblip import MBlipForConditionalGeneration
+    from mblip.processing_mblip import MBlipProcessor
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    kwargs = {"dtype": dtype}
+    if args.load_in_8bit or args.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        if args.load_in_8bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+            )
+        kwargs["device_map"] = {"": str(device)}  # bitsandbytes places the weights while loading them
+    logger.info("Loading %s (dtype %s, %s) on %s", args.model, dtype, _quantization(args), device)
+    model = MBlipForConditionalGeneration.from_pretrained(args.model, **kwargs)
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    processor = MBlipProcessor.from_pretrained(args.model)
+    return model, processor, device
+
+
+def _quantization(args: ModelArguments) -> str:
+    return "8-bit LLM" if args.load_in_8bit else "4-bit LLM" if args.load_in_4bit else "not quantized"
+
+
+# ================================================================================================ units of work
+@dataclass
+class Unit:
+    """One (split, language) of a task: its examples, the rows skipped on reading, its prompt template."""
+
+    split: str
+    lang: str
+    examples: list[Example]
+    problems: list[Problem]
+    n_rows: int
+    annotation_file: str
+    template: str
+
+    @property
+    def stem(self) -> str:
+        return f"{self.split}_{self.lang}"
+
+
+def read_units(task: Task, args: EvalArguments) -> list[Unit]:
+    """Reads every requested split and language before the model is loaded, so that bad input fails fast."""
+    override = load_override(args.prompt)
+    image_dirs = image_dirs_from_arg(args.image_dir)
+    for folder in image_dirs:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--image_dir {folder} is not a folder")
+    units = []
+    for split in args.split_list:
+        for lang in args.language_list:
+            data = task.read(args.data_dir, image_dirs, lang, split)
+            problems = list(data.problems)
+            examples, seen = [], set()
+            for example in data.examples:
+                if example.id in seen:
+                    problems.append(
+                        Problem("duplicate_id", example.id, "id already used by an earlier row; row skipped")
+                    )
+                    continue
+                seen.add(example.id)
+                examples.append(example)
+            if args.limit is not None:
+                examples = examples[: args.limit]
+            template = template_for(task, lang, override, args.prompt_language)
+            units.append(Unit(split, lang, examples, problems, data.n_rows, data.annotation_file, template))
+            _log_problems(task, split, lang, problems, data.n_rows)
+    too_many = [u for u in units if _skipped_fraction(u.problems, u.n_rows) > args.max_skipped_fraction]
+    if too_many:
+        details = "; ".join(f"{u.split}/{u.lang}: {_counted(u.problems)} of {u.n_rows} rows" for u in too_many)
+        raise ValueError(
+            f"Too many skipped rows for {task.title} ({details}); more than --max_skipped_fraction "
+            f"{args.max_skipped_fraction}. Check --data_dir / --image_dir, or raise the threshold."
+        )
+    return units
+
+
+def _counted(problems: list[Problem]) -> int:
+    return sum(p.kind not in PROTOCOL_SKIPS for p in problems)
+
+
+def _skipped_fraction(problems: list[Problem], n_rows: int) -> float:
+    return _counted(problems) / n_rows if n_rows else 0.0
+
+
+def _summary(problems: list[Problem]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for problem in problems:
+        counts[problem.kind] = counts.get(problem.kind, 0) + 1
+    return counts
+
+
+def _log_problems(task: Task, split: str, lang: str, problems: list[Problem], n_rows: int):
+    if not problems:
+        return
+    shown = "; ".join(f"{p.kind} at {p.where}: {p.detail}" for p in problems[:3])
+    logger.warning(
+        "%s %s/%s: skipped %d of %d rows %s, e.g. %s",
+        task.title,
+        split,
+        lang,
+        len(problems),
+        n_rows,
+        _summary(problems),
+        shown,
+    )
+
+
+# ================================================================================================ predictions
+def _config_path(path: Path) -> Path:
+    return path.with_name(path.name.replace(".jsonl", ".config.json"))
+
+
+def read_predictions(path: Path) -> tuple[dict[str, dict], int]:
+    """Predictions already on disk, by id, and the number of unreadable lines (e.g. cut by a crash)."""
+    done, broken = {}, 0
+    if not path.exists():
+        return done, broken
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                done[str(record["id"])] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                broken += 1
+    return done, broken
+
+
+def _open_for_append(path: Path):
+    """Append mode, after making sure an earlier, interrupted write did not leave the last line unterminated."""
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                with open(path, "a", encoding="utf-8") as fix:
+                    fix.write("\n")
+    return open(path, "a", encoding="utf-8")
+
+
+def _check_resume_config(path: Path, config: dict, overwrite: bool):
+    config_path = _config_path(path)
+    if overwrite:
+        for stale in (path, config_path):
+            if stale.exists():
+                stale.unlink()
+    if config_path.exists() and path.exists():
+        with open(config_path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+        if previous != config:
+            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+            raise ValueError(
+                f"{path} holds predictions made with other settings (differing: {', '.join(changed)}). "
+                "Pass --overwrite_output to discard them, or choose another --output_dir."
+            )
+    else:
+        _write_json(config_path, config)
+
+
+def _write_json(path: Path, data):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, ensure_ascii=False, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def _load_images(example: Example):
+    import PIL.Image
+
+    images = []
+    for path in example.images:
+        image = PIL.Image.open(path)
+        image.load()
+        images.append(image)
+    return images
+
+
+def generation_kwargs(task: Task, args: EvalArguments) -> dict:
+    settings = dict(task.generation)
+    for name in ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty"):
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if settings["num_beams"] == 1:
+        settings.pop("length_penalty", None)  # only beam search uses it
+    settings["do_sample"] = False
+    return settings
+
+
+@torch.no_grad()
+def generate_unit(
+    task, unit: Unit, model, processor, device, gen_kwargs: dict, path: Path, batch_size: int
+) -> list[Problem]:
+    """Generates the predictions missing from `path`, appending each batch as soon as it is decoded."""
+    done, broken = read_predictions(path)
+    if broken:
+        logger.warning(
+            "%s: %d unreadable lines in %s are ignored; those examples are generated again", path.name, broken, path
+        )
+    todo = [e for e in unit.examples if e.id not in done]
+    label = f"{task.name}/{unit.split}/{unit.lang}"
+    if not todo:
+        logger.info("%s: all %d predictions already in %s; nothing to generate", label, len(unit.examples), path)
+        return []
+    logger.info(
+        "%s: %d of %d predictions already done, generating %d",
+        label,
+        len(unit.examples) - len(todo),
+        len(unit.examples),
+        len(todo),
+    )
+    language_name = task.language_name(unit.lang)
+    vision_dtype = next(model.vision_model.parameters()).dtype
+    problems = []
+    with _open_for_append(path) as out, tqdm(total=len(todo), desc=label, unit="ex") as progress:
+        for start in range(0, len(todo), batch_size):
+            batch, images = [], []
+            for example in todo[start : start + batch_size]:
+                try:
+                    loaded = _load_images(example)
+                except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+                    problems.append(Problem("unreadable_image", example.id, f"{error}"))
+                    continue
+                batch.append(example)
+                images.append(loaded if task.images_per_example > 1 else loaded[0])
+            if batch:
+                prompts = [render(unit.template, example, language_name) for example in batch]
+                inputs = processor(images=images, text=prompts)
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                inputs["pixel_values"] = inputs["pixel_values"].to(vision_dtype)
+                output = model.generate(**inputs, **gen_kwargs)
+                texts = processor.batch_decode(output, skip_special_tokens=True)
+                for example, prompt, text in zip(batch, prompts, texts):
+                    record = {
+                        "id": example.id,
+                        "prediction": text.strip(),
+                        "prompt": prompt,
+                        "references": example.references,
+                        "images": [str(p) for p in example.images],
+                    }
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.flush()
+            progress.update(len(todo[start : start + batch_size]))
+    if problems:
+        _log_problems(task, unit.split, unit.lang, problems, len(todo))
+    return problems
+
+
+# ================================================================================================ main
+def evaluate_unit(task, unit, model_args, args, model, processor, device, task_dir: Path) -> dict:
+    gen_kwargs = generation_kwargs(task, args)
+    path = task_dir / f"predictions_{unit.stem}.jsonl"
+    config = {
+        "model": model_args.model,
+        "dtype": model_args.dtype,
+        "quantization": _quantization(model_args),
+        "prompt_template": unit.template,
+        "generation": gen_kwargs,
+    }
+    _check_resume_config(path, config, args.overwrite_output)
+    late_problems = generate_unit(task, unit, model, processor, device, gen_kwargs, path, args.batch_size)
+    done, _ = read_predictions(path)
+    scored = [e for e in unit.examples if e.id in done]
+    predictions = [done[e.id]["prediction"] for e in scored]
+    metrics = task.score(predictions, scored, unit.lang) if scored else {}
+    problems = unit.problems + late_problems
+    n_skipped = _counted(problems)
+    example_prompt = render(unit.template, unit.examples[0], task.language_name(unit.lang)) if unit.examples else None
+    result = {
+        "task": task.name,
+        "benchmark": task.title,
+        "split": unit.split,
+        "language": unit.lang,
+        "model": model_args.model,
+        "quantization": _quantization(model_args),
+        "dtype": str(next(model.vision_model.parameters()).dtype).replace("torch.", ""),
+        "prompt_template": unit.template,
+        "prompt_example": example_prompt,
+        "generation": gen_kwargs,
+        "metrics": metrics,
+        "primary_metric": task.primary_metric,
+        "metric_scale": "percent (CIDEr and BLEU x100, as in the paper)",
+        "n_rows": unit.n_rows,
+        "n_scored": len(scored),
+        "limit": args.limit,
+        "n_skipped": n_skipped,
+        "skipped": _summary(problems),
+        "skipped_examples": [p.as_dict() for p in problems[:10]],
+        "complete": n_skipped == 0 and args.limit is None and len(scored) == len(unit.examples),
+        "annotation_file": unit.annotation_file,
+        "predictions_file": str(path),
+    }
+    _write_json(task_dir / f"results_{unit.stem}.json", result)
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    logger.info(
+        "%s %s/%s: %s (%d scored, %d skipped)", task.title, unit.split, unit.lang, shown, len(scored), n_skipped
+    )
+    if late_problems and _skipped_fraction(problems, unit.n_rows) > args.max_skipped_fraction:
+        raise RuntimeError(
+            f"{task.title} {unit.split}/{unit.lang}: {n_skipped} of {unit.n_rows} rows skipped (unreadable images: "
+            f"{len(late_problems)}), more than --max_skipped_fraction {args.max_skipped_fraction}; see {task_dir}"
+        )
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs one task over the requested languages; returns {"<split>/<lang>": results} and prints the table."""
+    model_args, args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.setLevel(logging.INFO)
+    from transformers import set_seed
+
+    from .report import write_reports
+
+    set_seed(args.seed)
+    task = get_task(args.task)
+    logger.info("%s: languages %s, splits %s", task.title, ",".join(args.language_list), ",".join(args.split_list))
+    units = read_units(task, args)
+    task_dir = Path(args.output_dir) / task.name
+    task_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(task_dir / "arguments.json", {"model": asdict(model_args), "eval": asdict(args)})
+
+    model, processor, device = load_model(model_args)
+    results = {}
+    for unit in units:
+        results[f"{unit.split}/{unit.lang}"] = evaluate_unit(
+            task, unit, model_args, args, model, processor, device, task_dir
+        )
+    table = write_reports(Path(args.output_dir), task, model_args.model)
+    print(table)
+    return results

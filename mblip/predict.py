@@ -1,0 +1,562 @@
+r"""Images (a list, a folder, or a JSONL file of image/prompt pairs) plus a prompt in, generated text out, batched.
+
+    # Caption a folder in German, 8 images per batch, into a JSONL file
+    python predict.py --model outputs/demo/mblip --image_dir photos/ --prompt "Caption the image in German." \
+        --batch_size 8 --output preds.jsonl
+
+    # The same prompt built from a language code or name; results printed to stdout as JSON lines
+    python predict.py --model Gregor/mblip-mt0-xl --images cat.jpg street.png --lang de
+
+    # A prompt per image (JSONL): {"image": "cat.jpg", "prompt": "Question: ... Short answer in French:"}
+    python predict.py --prompts_file questions.jsonl --num_beams 5 --max_new_tokens 10 --output answers.jsonl
+
+    # An 8-bit LLM (bitsandbytes), bf16 vision stack, on the GPU when there is one
+    python predict.py --model Gregor/mblip-mt0-xl --image_dir photos/ --lang fr --load_in_8bit --dtype bfloat16
+
+--model defaults to outputs/demo/mblip, the model the offline demo (`python train_mblip.py`) trains. Every output row
+is {"image": path, "prompt": prompt, "text": generated text}, one JSON object per line, in input order (a folder is
+read in sorted path order; --recursive descends into subfolders).
+
+Output and resume: rows are appended to OUTPUT.partial as each batch finishes, and OUTPUT.partial is renamed to
+OUTPUT when the run completes, so OUTPUT only ever holds a finished run. Rerunning the same command after a crash or
+Ctrl-C resumes from OUTPUT.partial: (image, prompt) pairs already there are skipped. An existing OUTPUT is never
+replaced unless --overwrite, which also discards a partial file.
+
+Unreadable images (corrupt or truncated files, files PIL cannot decode, --prompts_file rows naming missing files)
+are skipped, counted and named in the log; they are never replaced by blank images. When more than
+--max_unreadable_fraction of all the images (resumed ones included) were unreadable, the run exits with status 1
+and its output stays in OUTPUT.partial, so that rerunning with the files fixed (or with a higher threshold) only
+does what is left. Files in --image_dir without an image extension (notes.txt) are not images: they are counted
+and named, and do not count as unreadable; hidden files (.DS_Store) are ignored. A missing --images file is an error.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, BitsAndBytesConfig, HfArgumentParser, set_seed
+
+from mblip.data.languages import LANGUAGES as LANGUAGE_TABLE
+from mblip.data.languages import get_language
+from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.processing_mblip import MBlipProcessor
+
+
+logger = logging.getLogger("predict")
+
+DEFAULT_MODEL = "outputs/demo/mblip"
+CAPTION_TEMPLATE = "Caption the image in {language}."
+QUESTION_TEMPLATE = "Question: {question} Short answer in {language}:"  # the paper's VQA prompt (xGQA, MaXM)
+DEFAULT_PROMPT = CAPTION_TEMPLATE.format(language="English")
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# mBLIP's 95 training languages plus English, code -> the English name its prompts use (data/languages.py's table).
+LANGUAGES = {language.code: language.name for language in LANGUAGE_TABLE}
+
+
+class PredictError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+# ---------------------------------------------------------------------------------------------------- languages
+def language_name(code_or_name: str) -> str:
+    """'de', 'DE' or 'german' -> 'German'; anything else is an error that says how to list the choices."""
+    key = code_or_name.strip().lower()
+    try:
+        return get_language(key).name
+    except ValueError:
+        pass
+    by_name = {name.lower(): name for name in LANGUAGES.values()}
+    if key in by_name:
+        return by_name[key]
+    raise ValueError(
+        f"--lang {code_or_name!r} is not one of mBLIP's {len(LANGUAGES)} languages; use an ISO code or English "
+        f"name such as de/German, fr/French, zh/Chinese (see predict.LANGUAGES), or write the prompt with --prompt"
+    )
+
+
+def caption_prompt(language: str) -> str:
+    return CAPTION_TEMPLATE.format(language=language_name(language))
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class PredictArguments:
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "mBLIP model folder or Hub id; the default is the offline demo's (python train_mblip.py)."},
+    )
+    images: list[str] | None = field(default=None, metadata={"help": "Image files, in the order given."})
+    image_dir: str | None = field(default=None, metadata={"help": "A folder of images, read in sorted path order."})
+    recursive: bool = field(default=False, metadata={"help": "With --image_dir: include subfolders."})
+    prompts_file: str | None = field(
+        default=None,
+        metadata={
+            "help": 'JSONL rows {"image": path, "prompt": text} (a prompt per image; paths relative to the file). '
+            "Rows without a prompt get --prompt / --lang. Predictions are in the same format, plus 'text'."
+        },
+    )
+    prompt: str | None = field(
+        default=None, metadata={"help": f"The prompt for every image. Default: {DEFAULT_PROMPT!r}."}
+    )
+    lang: str | None = field(
+        default=None,
+        metadata={"help": f"Shortcut for --prompt {CAPTION_TEMPLATE!r}: an ISO code (de) or English name (German)."},
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "JSONL file to write (resumable, see above). Default: JSON lines on stdout."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace an existing --output and discard its partial file."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Images per generate call."})
+    max_new_tokens: int = field(default=30, metadata={"help": "Most tokens generated per image."})
+    num_beams: int = field(default=5, metadata={"help": "Beam-search width; 1 is greedy (or plain sampling)."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of searching."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (needs --do_sample)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus-sampling mass in (0, 1] (needs --do_sample)."})
+    length_penalty: float = field(default=1.0, metadata={"help": "Beam-search length penalty (<0 favours short)."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeated tokens."})
+    seed: int = field(default=42, metadata={"help": "Random seed (matters for --do_sample)."})
+    dtype: str = field(
+        default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; auto keeps the checkpoint's."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 8 bits with bitsandbytes."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 4-bit NF4 with bitsandbytes."})
+    device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu, ... Default: cuda if available."})
+    max_unreadable_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Exit with status 1 when more than this fraction of the images could not be read."},
+    )
+
+    def __post_init__(self):
+        sources = {"images": self.images, "image_dir": self.image_dir, "prompts_file": self.prompts_file}
+        given = [f"--{name}" for name, value in sources.items() if value]
+        if len(given) != 1:
+            raise ValueError(
+                "Pass exactly one of --images FILE..., --image_dir DIR or --prompts_file FILE "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        if self.recursive and not self.image_dir:
+            raise ValueError("--recursive only applies to --image_dir")
+        if self.prompt is not None and self.lang is not None:
+            raise ValueError(f"Pass --prompt or --lang, not both (got prompt={self.prompt!r}, lang={self.lang!r})")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("--prompt is empty; leave it out for the default caption prompt")
+        if self.lang is not None:
+            language_name(self.lang)  # fails early, before the model is loaded
+        for name in ("batch_size", "max_new_tokens", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"--repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not self.do_sample and (self.temperature != 1.0 or self.top_p != 1.0):
+            # transformers would silently ignore them; a user who sets them expects sampling.
+            raise ValueError(
+                f"--temperature {self.temperature} / --top_p {self.top_p} only apply with --do_sample; add --do_sample "
+                "or drop them"
+            )
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("Pass --load_in_8bit or --load_in_4bit, not both")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not 0 <= self.max_unreadable_fraction <= 1:
+            raise ValueError(f"--max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
+        if self.overwrite and not self.output:
+            raise ValueError("--overwrite only applies to --output")
+        if self.output and Path(self.output).is_dir():
+            raise ValueError(f"--output {self.output!r} is a folder; expected a .jsonl file path")
+
+    @property
+    def default_prompt(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        return caption_prompt(self.lang) if self.lang is not None else DEFAULT_PROMPT
+
+    def generation_kwargs(self) -> dict:
+        kwargs = dict(
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            length_penalty=self.length_penalty,
+            repetition_penalty=self.repetition_penalty,
+        )
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        return kwargs
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def resolve_model(model: str) -> str:
+    """A model folder, or a Hub id left for from_pretrained; the missing demo model gets a one-line hint."""
+    path = Path(model)
+    if path.is_dir():
+        return model
+    if model == DEFAULT_MODEL:
+        raise PredictError(
+            f"No model at the default {DEFAULT_MODEL} (relative to {Path.cwd()}): train the demo model first with "
+            "`python train_mblip.py`, or pass --model DIR_OR_HUB_ID"
+        )
+    if path.exists():
+        raise PredictError(f"--model {model!r} is a file; expected a model folder or a Hub id")
+    return model
+
+
+def choose_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise PredictError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise PredictError(f"--device {device!r} was asked for but CUDA is not available here")
+    return chosen
+
+
+def quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype: str, device: torch.device):
+    if load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if load_in_4bit:
+        compute = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    return None
+
+
+def load_model(
+    model: str = DEFAULT_MODEL,
+    dtype: str = "auto",
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
+    device: str | None = None,
+) -> tuple[MBlipForConditionalGeneration, MBlipProcessor]:
+    """The model (eval mode, on its device) and processor of an mBLIP folder or Hub id; user errors are one line."""
+    source = resolve_model(model)
+    target = choose_device(device)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:  # the hub client raises these for offline, unknown and malformed ids
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PredictError(f"--model {model!r} is neither a model folder nor a reachable Hub id ({reason})") from None
+    if config.model_type != "mblip":
+        hint = (
+            " (convert it: python convert_mblip.py --from_blip2 SRC --output_dir DIR)"
+            if config.model_type == "blip-2"
+            else ""
+        )
+        raise PredictError(f"--model {model!r} has model_type {config.model_type!r}; expected 'mblip'{hint}")
+    loaded = MBlipForConditionalGeneration.from_pretrained(
+        source,
+        dtype=DTYPES[dtype],
+        quantization_config=quantization_config(load_in_8bit, load_in_4bit, dtype, target),
+        device_map={"": target},  # one device, so that bitsandbytes quantizes straight onto it
+    )
+    processor = MBlipProcessor.from_pretrained(source)
+    return loaded.eval(), processor
+
+
+@torch.inference_mode()
+def generate_texts(model, processor, images: list, prompts: list[str], **generation_kwargs) -> list[str]:
+    """One batched generate call; the decoded new text of each image, stripped."""
+    inputs = processor(images=images, text=prompts).to(model.device)
+    output = model.generate(**inputs, **generation_kwargs)
+    return [text.strip() for text in processor.batch_decode(output, skip_special_tokens=True)]
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+@dataclass
+class Item:
+    image: str
+    prompt: str
+
+
+class UnreadableImage(Exception):
+    pass
+
+
+def image_extensions() -> set[str]:
+    from PIL import Image
+
+    Image.init()  # registers every plugin, so that e.g. .webp and .tiff count as images
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def list_image_dir(image_dir: str, recursive: bool) -> tuple[list[str], list[str]]:
+    """(image paths, other files), both sorted; hidden files are neither."""
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise PredictError(f"--image_dir {image_dir!r} is not a folder")
+    extensions = image_extensions()
+    files = sorted(p for p in (root.rglob("*") if recursive else root.iterdir()) if p.is_file())
+    files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    images = [str(p) for p in files if p.suffix.lower() in extensions]
+    others = [str(p) for p in files if p.suffix.lower() not in extensions]
+    return images, others
+
+
+def read_prompts_file(prompts_file: str, default_prompt: str) -> list[Item]:
+    path = Path(prompts_file)
+    if not path.is_file():
+        raise PredictError(f"--prompts_file {prompts_file!r} is not a file")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PredictError(f"--prompts_file {prompts_file!r} line {number} is not JSON ({err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            expected = '{"image": path, "prompt": text}'
+            raise PredictError(f"--prompts_file {prompts_file!r} line {number} needs {expected}, got {line[:80]!r}")
+        prompt = row.get("prompt", default_prompt)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PredictError(f"--prompts_file {prompts_file!r} line {number} has an empty or non-text prompt")
+        image = row["image"] if os.path.isabs(row["image"]) else str(path.parent / row["image"])
+        items.append(Item(image, prompt))
+    if not items:
+        raise PredictError(f"--prompts_file {prompts_file!r} holds no rows")
+    return items
+
+
+def collect_items(args: PredictArguments) -> tuple[list[Item], list[str]]:
+    """What to predict, in order, and the --image_dir files that are not images."""
+    if args.prompts_file:
+        return read_prompts_file(args.prompts_file, args.default_prompt), []
+    if args.image_dir:
+        images, others = list_image_dir(args.image_dir, args.recursive)
+        if not images:
+            raise PredictError(f"--image_dir {args.image_dir!r} holds no image files ({len(others)} other files)")
+    else:
+        images, others = args.images, []
+        missing = [image for image in images if not Path(image).is_file()]
+        if missing:
+            raise PredictError(
+                f"--images: {len(missing)} of {len(images)} files do not exist: {', '.join(missing[:5])}"
+            )
+    return [Item(image, args.default_prompt) for image in images], others
+
+
+def open_image(path: str):
+    """The fully decoded image, upright; UnreadableImage with PIL's reason otherwise (never a stand-in)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: truncated files fail here, not inside the processor mid-batch
+            # Phone photos store their rotation in EXIF; the model should see what a viewer shows.
+            return ImageOps.exif_transpose(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # PIL raises OSError for unknown/truncated files, SyntaxError and ValueError from some broken headers.
+        raise UnreadableImage(f"{type(err).__name__}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def row_key(row: dict) -> tuple[str, str]:
+    return row["image"], row["prompt"]
+
+
+class JsonlWriter:
+    """Appends rows to OUTPUT.partial and renames it to OUTPUT on finish(); with no path, prints them to stdout."""
+
+    def __init__(self, output: str | None, overwrite: bool):
+        self.output = Path(output) if output else None
+        self.done: set[tuple[str, str]] = set()
+        self.handle = None
+        if self.output is None:
+            return
+        self.partial = self.output.with_name(self.output.name + ".partial")
+        if self.output.exists() and not overwrite:
+            raise PredictError(f"--output {str(self.output)!r} exists; pass --overwrite to replace it")
+        if overwrite:
+            self.partial.unlink(missing_ok=True)
+        if self.partial.exists():
+            self.done = self._recover()
+
+    def _recover(self) -> set[tuple[str, str]]:
+        """Rows a previous run finished. A line cut off by a kill is dropped, so its image is predicted again."""
+        rows, dropped = [], 0
+        for line in self.partial.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                row_key(row)
+                rows.append(row)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                dropped += 1
+        if dropped:
+            logger.warning("Dropped %d incomplete rows from %s", dropped, self.partial)
+            self.partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        logger.info("Resuming from %s: %d rows already done", self.partial, len(rows))
+        return {row_key(row) for row in rows}
+
+    def write(self, rows: list[dict]):
+        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        if self.output is None:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+            return
+        if self.handle is None:
+            # Opened on the first row, so that a run failing before any prediction leaves no partial file behind.
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.partial.open("a", encoding="utf-8")
+        self.handle.write(lines)
+        self.handle.flush()  # a batch is on disk before the next starts, so a kill loses at most one batch
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+
+    def finish(self):
+        self.close()
+        if self.output is not None:
+            if not self.partial.exists():  # every image was unreadable: the result is an empty file, not none
+                self.output.parent.mkdir(parents=True, exist_ok=True)
+                self.partial.touch()
+            os.replace(self.partial, self.output)
+
+
+# ---------------------------------------------------------------------------------------------------- run
+@dataclass
+class PredictReport:
+    written: int = 0
+    resumed: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    not_images: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    output: str | None = None
+
+    @property
+    def unreadable_fraction(self) -> float:
+        # Over the whole job, resumed rows included, so that a resumed run is judged like an uninterrupted one.
+        total = self.written + self.resumed + len(self.unreadable)
+        return len(self.unreadable) / total if total else 0.0
+
+
+def run_batches(todo: list[Item], model, processor, writer: JsonlWriter, args: PredictArguments, report: PredictReport):
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    generation_kwargs = args.generation_kwargs()
+    batch: list[tuple[Item, object]] = []
+
+    def flush():
+        texts = generate_texts(
+            model, processor, [im for _, im in batch], [it.prompt for it, _ in batch], **generation_kwargs
+        )
+        writer.write([{"image": it.image, "prompt": it.prompt, "text": text} for (it, _), text in zip(batch, texts)])
+        report.written += len(batch)
+        progress.update(len(batch))
+        batch.clear()
+
+    # Warnings about unreadable images go through tqdm, so that they do not tear the progress bar.
+    with logging_redirect_tqdm(), tqdm(total=len(todo), unit="image", desc="predict", dynamic_ncols=True) as progress:
+        for item in todo:
+            try:
+                batch.append((item, open_image(item.image)))
+            except UnreadableImage as err:
+                logger.warning("Skipping unreadable image %s (%s)", item.image, err)
+                report.unreadable.append((item.image, str(err)))
+                progress.update(1)
+                continue
+            if len(batch) == args.batch_size:
+                flush()
+        if batch:
+            flush()
+
+
+def predict(args: PredictArguments, model_and_processor=None) -> PredictReport:
+    """Runs a whole prediction; raises PredictError for user errors. Pass (model, processor) to skip loading."""
+    start = time.perf_counter()
+    if model_and_processor is None:
+        resolve_model(args.model)  # a missing model fails before any file is touched
+    items, not_images = collect_items(args)
+    writer = JsonlWriter(args.output, args.overwrite)
+    try:
+        todo = [item for item in items if (item.image, item.prompt) not in writer.done]
+        report = PredictReport(resumed=len(items) - len(todo), not_images=not_images, output=args.output)
+        if not_images:
+            logger.warning("Ignoring %d files that are not images: %s", len(not_images), ", ".join(not_images[:10]))
+        if todo:
+            model, processor = model_and_processor or load_model(
+                args.model, args.dtype, args.load_in_8bit, args.load_in_4bit, args.device
+            )
+            set_seed(args.seed)
+            run_batches(todo, model, processor, writer, args, report)
+        report.seconds = time.perf_counter() - start
+        if report.unreadable_fraction > args.max_unreadable_fraction:
+            writer.close()  # keep OUTPUT.partial: a rerun after fixing the files only does what is left
+        else:
+            writer.finish()
+    except BaseException:
+        writer.close()
+        raise
+    return report
+
+
+def summarize(report: PredictReport, args: PredictArguments) -> int:
+    """Logs what happened; the exit status."""
+    logger.info(
+        "Predicted %d images in %.1f s%s%s",
+        report.written,
+        report.seconds,
+        f" ({report.resumed} done by an earlier run)" if report.resumed else "",
+        f"; wrote {report.output}" if report.output else "",
+    )
+    if report.not_images:
+        logger.info("%d files in --image_dir are not images and were left out", len(report.not_images))
+    if not report.unreadable:
+        return 0
+    names = "; ".join(f"{path} ({reason})" for path, reason in report.unreadable[:10])
+    logger.warning("Skipped %d unreadable images: %s", len(report.unreadable), names)
+    if report.unreadable_fraction > args.max_unreadable_fraction:
+        kept = f"; the rows so far are in {report.output}.partial and a rerun resumes there" if report.output else ""
+        logger.error(
+            "%d of %d images (%.0f%%) were unreadable, more than --max_unreadable_fraction %s%s",
+            len(report.unreadable),
+            report.written + report.resumed + len(report.unreadable),
+            100 * report.unreadable_fraction,
+            args.max_unreadable_fraction,
+            kept,
+        )
+        return 1
+    return 0
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows the module docstring (the commands) as written, and every option's default."""
+
+
+def parse_args(parser: HfArgumentParser, argv=None) -> PredictArguments:
+    """Command-line flags, or a single .json / .yaml file holding them (HfArgumentParser's convention)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        read = parser.parse_yaml_file if argv[0].endswith(("yaml", "yml")) else parser.parse_json_file
+        (args,) = read(argv[0])
+    else:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    parser = HfArgumentParser(PredictArguments, description=__doc__, formatter_class=HelpFormatter)
+    try:
+        args = parse_args(parser, argv)
+        report = predict(args)
+    except (PredictError, ValueError) as err:
+        parser.exit(2, f"predict.py: error: {err}\n")
+    return summarize(report, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,907 @@
+"""mBLIP re-alignment as a Trainer run: arguments, data checks, collator, model loading, trainer and export.
+
+`train_mblip.py` (the command line, with the exact commands in its docstring) calls `main` here; the offline demo
+and the benchmarks call it in-process too, which is why it lives in the package.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from PIL import Image, UnidentifiedImageError
+from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_safetensors
+from transformers import BitsAndBytesConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from mblip.data.storage import atomic_open, atomic_write_json
+from mblip.hub import model_card, move_into, save_model_repository, write_model_repository
+from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.processing_mblip import MBlipProcessor
+
+
+logger = logging.getLogger("train_mblip")
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+INIT_DIR = "init"
+LORA_OUTPUTS = ("merged", "merged_and_adapter", "adapter")
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "An mBLIP checkpoint (folder or Hub id) to continue from."}
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "BLIP-2 checkpoint whose ViT, Q-Former and query tokens start the run."}
+    )
+    language_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "The multilingual LLM (e.g. bigscience/mt0-xl, bigscience/bloomz-7b1)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the LLM (only) in 8-bit with bitsandbytes."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the LLM (only) in 4-bit NF4 with bitsandbytes."})
+    bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit type: nf4 or fp4."})
+    model_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the un-quantized weights (float32, bfloat16, float16). Trainable weights should "
+            "stay float32; use --bf16 for mixed precision."
+        },
+    )
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters on the LLM."})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "LLM module names to adapt. Default: every linear layer of the LLM except its output "
+            "layer, found in the loaded LLM itself (peft's 'all-linear'), never from a checkpoint name."
+        },
+    )
+    freeze_qformer: bool = field(default=False, metadata={"help": "Freeze the Q-Former and query tokens."})
+    train_vision_model: bool = field(default=False, metadata={"help": "Also train the ViT (frozen in the paper)."})
+    lora_output: str = field(
+        default="merged",
+        metadata={
+            "help": f"One of {LORA_OUTPUTS}: merge LoRA into an un-quantized LLM copy (default), also keep "
+            "the adapter in adapter/, or save only the adapter and the trained vision-stack weights."
+        },
+    )
+    max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard of the output."})
+
+    def __post_init__(self):
+        parts = (self.vision_model_name_or_path, self.language_model_name_or_path)
+        if bool(self.model_name_or_path) == any(parts):
+            raise ValueError(
+                "Give either --model_name_or_path (an mBLIP checkpoint) or both --vision_model_name_or_path and "
+                f"--language_model_name_or_path; got model_name_or_path={self.model_name_or_path!r}, "
+                f"vision_model_name_or_path={parts[0]!r}, language_model_name_or_path={parts[1]!r}"
+            )
+        if any(parts) and not all(parts):
+            raise ValueError(
+                "Starting from parts needs both --vision_model_name_or_path and --language_model_name_or_path; "
+                f"got {parts[0]!r} and {parts[1]!r}"
+            )
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("Choose one of --load_in_8bit and --load_in_4bit, not both")
+        if self.model_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"--model_dtype must be float32, bfloat16 or float16, got {self.model_dtype!r}")
+        if self.lora_output not in LORA_OUTPUTS:
+            raise ValueError(f"--lora_output must be one of {LORA_OUTPUTS}, got {self.lora_output!r}")
+        if self.lora_output != "merged" and not self.use_peft:
+            raise ValueError(f"--lora_output {self.lora_output} needs --use_peft (there is no adapter to keep)")
+        if self.bnb_4bit_quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"--bnb_4bit_quant_type must be nf4 or fp4, got {self.bnb_4bit_quant_type!r}")
+
+    @property
+    def quantized(self) -> bool:
+        return self.load_in_8bit or self.load_in_4bit
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "Training data: json, jsonl, csv or parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets.load_dataset` name or path."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
+    train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
+    validation_split: str | None = field(default=None, metadata={"help": "Split of --dataset_name to evaluate on."})
+    image_root: str = field(default=".", metadata={"help": "Folder the image column's paths are relative to."})
+    image_column: str = field(
+        default="image_id", metadata={"help": "Image path (or list of paths) column; mBLIP's release uses image_id."}
+    )
+    prompt_column: str = field(default="context", metadata={"help": "Prompt column; mBLIP's release uses context."})
+    target_column: str = field(default="label", metadata={"help": "Target column; mBLIP's release uses label."})
+    max_bad_rows: float = field(
+        default=0.01,
+        metadata={
+            "help": "Largest fraction of rows that may be unusable (missing/unreadable image, empty target) "
+            "before the run fails. Unusable rows are skipped and reported, never replaced."
+        },
+    )
+    augment: bool = field(
+        default=False, metadata={"help": "The paper's augmentation: random resized crop (scale 0.5-1) and h-flip."}
+    )
+    image_features_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Compute the frozen ViT's outputs once per image into this folder (safetensors shards; an "
+            "interrupted build resumes) and train on them: no step runs the ViT again. Needs a frozen ViT and "
+            "no --augment. Disk: patches x width x dtype bytes per image (ViT-g at 224 px in bf16: 0.7 MB)."
+        },
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Truncate prompts and targets to this many tokens (with a warning)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for the data checks."})
+
+    def __post_init__(self):
+        if bool(self.train_file) == bool(self.dataset_name):
+            raise ValueError(
+                f"Give exactly one of --train_file and --dataset_name; got train_file={self.train_file!r}, "
+                f"dataset_name={self.dataset_name!r}"
+            )
+        for name in ("train_file", "validation_file"):
+            path = getattr(self, name)
+            if path is not None and not path.endswith((".json", ".jsonl", ".csv", ".parquet")):
+                raise ValueError(f"--{name} must be .json, .jsonl, .csv or .parquet, got {path!r}")
+        if not 0.0 <= self.max_bad_rows <= 1.0:
+            raise ValueError(f"--max_bad_rows is a fraction between 0 and 1, got {self.max_bad_rows}")
+        if self.image_features_cache and self.augment:
+            raise ValueError(
+                "--image_features_cache stores one ViT output per image file: it cannot follow --augment's "
+                "random crops and flips. Drop one of the two."
+            )
+
+
+@dataclass
+class MBlipTrainingArguments(TrainingArguments):
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the projection (paper: 5e-5)."})
+    qformer_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the Q-Former and query tokens (paper: 1e-5)."}
+    )
+    lora_learning_rate: float = field(
+        default=2e-4, metadata={"help": "Learning rate of the LoRA weights (paper: 2e-4)."}
+    )
+    vision_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of the ViT if it trains."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads the rows."})
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def load_raw_datasets(data_args: DataArguments) -> datasets.DatasetDict:
+    splits = datasets.DatasetDict()
+    if data_args.dataset_name:
+        splits["train"] = datasets.load_dataset(
+            data_args.dataset_name, data_args.dataset_config_name, split=data_args.train_split
+        )
+        if data_args.validation_split:
+            splits["validation"] = datasets.load_dataset(
+                data_args.dataset_name, data_args.dataset_config_name, split=data_args.validation_split
+            )
+        return splits
+    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--{split if split == 'train' else 'validation'}_file {path!r} does not exist")
+        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[Path(path).suffix]
+        splits[split] = datasets.load_dataset(builder, data_files=path, split="train")
+    return splits
+
+
+def image_paths(value, image_root: str) -> list[str]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return [os.path.join(image_root, str(v)) for v in values]
+
+
+# What PIL raises for a missing, truncated or corrupt image file.
+IMAGE_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
+def open_image(path: str) -> Image.Image:
+    """The decoded image, detached from its file (raises one of IMAGE_DECODE_ERRORS)."""
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def find_problem(row: dict, data_args: DataArguments) -> str:
+    """'' for a usable row, else the reason it cannot be trained on."""
+    target = row.get(data_args.target_column)
+    if target is None or not str(target).strip():
+        return "empty target"
+    value = row.get(data_args.image_column)
+    if value is None or value == "" or value == []:
+        return "no image"
+    for path in image_paths(value, data_args.image_root):
+        if not os.path.isfile(path):
+            return "missing image"
+        try:
+            with Image.open(path) as image:
+                image.verify()  # reads the whole file and checks its structure, without decoding pixels
+        except IMAGE_DECODE_ERRORS:
+            return "unreadable image"
+    return ""
+
+
+def drop_bad_rows(dataset: datasets.Dataset, data_args: DataArguments, split: str) -> tuple[datasets.Dataset, dict]:
+    """Skips unusable rows, counts them by reason with a few examples, and fails past --max_bad_rows."""
+    missing = {data_args.image_column, data_args.target_column} - set(dataset.column_names)
+    if missing:
+        raise ValueError(
+            f"The {split} data has no column(s) {sorted(missing)}; its columns are {dataset.column_names}. "
+            "Set --image_column / --prompt_column / --target_column."
+        )
+    checked = dataset.map(
+        lambda row: {"_problem": find_problem(row, data_args)},
+        num_proc=data_args.preprocessing_num_workers,
+        desc=f"Checking {split} images and targets",
+    )
+    problems = checked["_problem"]
+    bad = [i for i, p in enumerate(problems) if p]
+    by_reason = {}
+    for i in bad:
+        by_reason[problems[i]] = by_reason.get(problems[i], 0) + 1
+    examples = [{"row": i, "reason": problems[i], "image": str(checked[i][data_args.image_column])} for i in bad[:5]]
+    report = {"rows": len(dataset), "bad_rows": len(bad), "by_reason": by_reason, "examples": examples}
+    if bad:
+        logger.warning("Skipping %d of %d %s rows: %s; e.g. %s", len(bad), len(dataset), split, by_reason, examples[:3])
+    if len(dataset) and len(bad) / len(dataset) > data_args.max_bad_rows:
+        raise ValueError(
+            f"{len(bad)} of {len(dataset)} {split} rows ({len(bad) / len(dataset):.1%}) are unusable, more than "
+            f"--max_bad_rows {data_args.max_bad_rows}: {by_reason}; e.g. {examples[:3]}"
+        )
+    kept = checked.filter(lambda problem: not problem, input_columns="_problem").remove_columns("_problem")
+    if len(kept) == 0:
+        raise ValueError(f"No usable {split} rows are left out of {len(dataset)}: {by_reason}")
+    return kept, report
+
+
+def random_resized_crop(image: Image.Image, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> Image.Image:
+    """torchvision's RandomResizedCrop sampling (torchvision has no CPU build here), drawn from torch's RNG so that
+    the Trainer's saved RNG state makes a resumed run crop exactly as an uninterrupted one."""
+    width, height = image.size
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * float(torch.empty(1).uniform_(*scale))
+        aspect = math.exp(float(torch.empty(1).uniform_(*log_ratio)))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            return image.crop((left, top, left + w, top + h))
+    side = min(width, height)  # fall back to a central crop, as torchvision does
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+class ImageFeaturesCache:
+    """The frozen ViT's output for each image file, computed once and stored in `folder` as safetensors shards.
+
+    With a frozen ViT and no augmentation, every epoch would compute the same ViT outputs again: for mBLIP mT0-XL the
+    ViT-g forward is about half of a training step's model FLOPs (BENCHMARKS.md). Each shard holds up to `shard_size`
+    images, keyed by a hash of the image's path, and is written atomically, so an interrupted build keeps its finished
+    shards and resumes. `cache.json` records a fingerprint of the ViT weights and the image processor settings; a
+    cache made by another ViT or other preprocessing is refused rather than silently used.
+    """
+
+    INFO = "cache.json"
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str, shard_size: int = 1024):
+        self.folder, self.fingerprint, self.shard_size = Path(folder), fingerprint, shard_size
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info_path = self.folder / self.INFO
+        if info_path.is_file():
+            seen = json.loads(info_path.read_text(encoding="utf-8"))["fingerprint"]
+            if seen != fingerprint:
+                raise ValueError(
+                    f"--image_features_cache {str(self.folder)!r} holds features of another ViT or image "
+                    f"preprocessing (fingerprint {seen[:12]}, this run {fingerprint[:12]}); use another folder or "
+                    "delete it"
+                )
+        else:
+            atomic_write_json(info_path, {"fingerprint": fingerprint})
+        self.shard_of = self._read_index()
+
+    @staticmethod
+    def key(path: str) -> str:
+        return hashlib.sha1(os.path.normpath(path).encode("utf-8")).hexdigest()
+
+    def _read_index(self) -> dict[str, str]:
+        from safetensors import safe_open
+
+        index = {}
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            with safe_open(shard, framework="pt") as f:
+                index.update(dict.fromkeys(f.keys(), shard.name))
+        return index
+
+    def missing(self, paths) -> list[str]:
+        return sorted({p for p in paths if self.key(p) not in self.shard_of})
+
+    def build(self, paths, encode, batch_size: int) -> dict:
+        """Encodes the images not cached yet with `encode(list of paths) -> (features, failed paths)`."""
+        todo = self.missing(paths)
+        failed = []
+        number = len(list(self.folder.glob("shard-*.safetensors")))
+        for start in range(0, len(todo), self.shard_size):
+            chunk, tensors = todo[start : start + self.shard_size], {}
+            for i in range(0, len(chunk), batch_size):
+                features, bad = encode(chunk[i : i + batch_size])
+                tensors.update((self.key(p), f) for p, f in features.items())
+                failed += bad
+            name = f"shard-{number:05d}.safetensors"
+            with atomic_open(self.folder / name, "wb") as handle:
+                handle.write(save_safetensors(tensors))
+            self.shard_of.update(dict.fromkeys(tensors, name))
+            number += 1
+            logger.info(
+                "Image features: %d of %d new images encoded", min(start + self.shard_size, len(todo)), len(todo)
+            )
+        return {"encoded": len(todo) - len(failed), "cached_before": len(set(paths)) - len(todo), "failed": failed}
+
+    def load(self, paths: list[str]) -> list[torch.Tensor | None]:
+        """The features of each path (None for an image that failed to decode when the cache was built)."""
+        from safetensors import safe_open
+
+        by_shard = {}
+        for i, path in enumerate(paths):
+            shard = self.shard_of.get(self.key(path))
+            if shard is not None:
+                by_shard.setdefault(shard, []).append(i)
+        out = [None] * len(paths)
+        for shard, positions in by_shard.items():
+            with safe_open(self.folder / shard, framework="pt") as f:
+                for i in positions:
+                    out[i] = f.get_tensor(self.key(paths[i]))
+        return out
+
+
+def vision_fingerprint(vision_model: torch.nn.Module, image_processor) -> str:
+    """sha256 of the ViT's weights and the image preprocessing settings: what the cached features depend on."""
+    digest = hashlib.sha256(image_processor.to_json_string().encode("utf-8"))
+    for name, tensor in sorted(vision_model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_image_features_cache(model, processor, datasets_to_cache, data_args, batch_size: int) -> ImageFeaturesCache:
+    """Fills --image_features_cache with the ViT outputs of every image the datasets use (main process first)."""
+    vision_model = getattr(model, "get_base_model", lambda: model)().vision_model
+    cache = ImageFeaturesCache(
+        data_args.image_features_cache, vision_fingerprint(vision_model, processor.image_processor)
+    )
+    paths = {
+        path
+        for dataset in datasets_to_cache
+        for value in dataset[data_args.image_column]
+        for path in image_paths(value, data_args.image_root)
+    }
+    weight = vision_model.embeddings.patch_embedding.weight
+
+    def encode(batch_paths):
+        images, kept, failed = [], [], []
+        for path in batch_paths:
+            try:
+                images.append(open_image(path))
+                kept.append(path)
+            except IMAGE_DECODE_ERRORS as err:
+                logger.warning("Not caching an image that fails to decode (%s): %s", path, err)
+                failed.append(path)
+        if not images:
+            return {}, failed
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            hidden = vision_model(
+                pixel_values=pixels.to(weight.device, weight.dtype), return_dict=True
+            ).last_hidden_state
+        return {p: h.cpu().contiguous() for p, h in zip(kept, hidden)}, failed
+
+    was_training = vision_model.training
+    vision_model.eval()
+    try:
+        result = cache.build(paths, encode, batch_size)
+    finally:
+        vision_model.train(was_training)
+    logger.info(
+        "Image features cache %s: %d images encoded now, %d already cached, %d failed to decode",
+        cache.folder,
+        result["encoded"],
+        result["cached_before"],
+        len(result["failed"]),
+    )
+    return cache
+
+
+@dataclass
+class MBlipCollator:
+    """Loads each row's image(s) (or their cached ViT outputs), optionally augments them, and builds the model's input
+    contract."""
+
+    processor: MBlipProcessor
+    data_args: DataArguments
+    augment: bool = False
+    failures: int = 0
+    features: ImageFeaturesCache | None = None
+
+    def load(self, path: str) -> Image.Image:
+        image = open_image(path)
+        if self.augment:
+            image = random_resized_crop(image)
+            if float(torch.rand(1)) < 0.5:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return image
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if self.features is not None:
+            return self.from_features(rows)
+        args = self.data_args
+        images, prompts, targets = [], [], []
+        for row in rows:
+            try:
+                loaded = [self.load(p) for p in image_paths(row[args.image_column], args.image_root)]
+            except IMAGE_DECODE_ERRORS as err:
+                # Passed the up-front check but fails to decode (e.g. a truncated file): skip it, never substitute.
+                self.failures += 1
+                logger.warning("Skipping a row whose image fails to decode (%s): %s", row[args.image_column], err)
+                continue
+            images.append(loaded if isinstance(row[args.image_column], (list, tuple)) else loaded[0])
+            prompts.append(str(row.get(args.prompt_column) or ""))
+            targets.append(str(row[args.target_column]))
+        if not images:
+            raise RuntimeError(f"Every image of a batch of {len(rows)} rows failed to decode; see the warnings above")
+        return dict(self.processor(images=images, text=prompts, text_target=targets))
+
+    def from_features(self, rows: list[dict]) -> dict:
+        args = self.data_args
+        embeds, prompts, targets = [], [], []
+        for row in rows:
+            value = row[args.image_column]
+            loaded = self.features.load(image_paths(value, args.image_root))
+            if any(f is None for f in loaded):
+                self.failures += 1  # the image failed to decode when the cache was built; logged then
+                continue
+            embeds.append(torch.stack(loaded) if isinstance(value, (list, tuple)) else loaded[0])
+            prompts.append(str(row.get(args.prompt_column) or ""))
+            targets.append(str(row[args.target_column]))
+        if not embeds:
+            raise RuntimeError(f"No image of a batch of {len(rows)} rows has cached features; see the warnings above")
+        batch = dict(self.processor(text=prompts, text_target=targets))
+        batch["image_embeds"] = torch.stack(embeds)
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def assemble_init(model_args: ModelArguments, output_dir: str, seed: int) -> str:
+    """The paper's starting point, assembled once into output_dir/init by the main process (reused on resume)."""
+    from mblip.convert import from_parts
+
+    init = Path(output_dir) / INIT_DIR
+    with PartialState().main_process_first():
+        if PartialState().is_main_process and not (init / "config.json").is_file():
+            model, processor = from_parts(
+                model_args.vision_model_name_or_path, model_args.language_model_name_or_path, seed=seed
+            )
+            card = model_card(
+                "mBLIP re-alignment starting point",
+                "Assembled by train_mblip.py; not trained.",
+                [model_args.vision_model_name_or_path, model_args.language_model_name_or_path],
+            )
+            save_model_repository(model, processor, init, card, overwrite=True)
+            del model
+    return str(init)
+
+
+def quantization_config(model_args: ModelArguments, training_args: TrainingArguments) -> BitsAndBytesConfig | None:
+    if not model_args.quantized:
+        return None
+    compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+PEFT_PREFIX = "base_model.model."
+
+
+def part_name(name: str) -> str:
+    """A parameter's name in the mBLIP model, without the PEFT wrapper's prefix."""
+    return name[len(PEFT_PREFIX) :] if name.startswith(PEFT_PREFIX) else name
+
+
+def lora_target_pattern(model: MBlipForConditionalGeneration, leaf_names: list[str] | None) -> str:
+    """A regex over module names: the LLM's linear layers (all of them but its output layer, unless names are given),
+    found in the loaded LLM itself, and nothing in the vision stack."""
+    if not leaf_names:
+        output_layer = model.language_model.get_output_embeddings()
+        leaf_names = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in model.language_model.named_modules()
+                if isinstance(module, torch.nn.Linear) and module is not output_layer
+            }
+        )
+    if not leaf_names:
+        raise ValueError("The language model has no linear layers to put LoRA on")
+    return r"language_model\..*\.(?:" + "|".join(map(re.escape, leaf_names)) + ")"
+
+
+def add_lora(model: MBlipForConditionalGeneration, model_args: ModelArguments, target_pattern: str):
+    """PEFT's LoRA on the LLM's linear layers only; the vision stack never gets adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=target_pattern,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def select_trainable(model, model_args: ModelArguments):
+    """Exactly what was asked trains: projection always, Q-Former + queries unless frozen, ViT only on request, and
+    of the LLM only its LoRA weights."""
+    for full_name, param in model.named_parameters():
+        name = part_name(full_name)
+        if name.startswith("language_projection."):
+            trainable = True
+        elif name.startswith("qformer.") or name == "query_tokens":
+            trainable = not model_args.freeze_qformer
+        elif name.startswith("vision_model."):
+            trainable = model_args.train_vision_model
+        else:
+            trainable = model_args.use_peft and "lora_" in name
+        param.requires_grad_(trainable)
+
+
+def load_model(model_args: ModelArguments, training_args: TrainingArguments, source: str):
+    """The model to train (PEFT-wrapped when LoRA is on), its processor, and the LoRA target pattern."""
+    from peft import prepare_model_for_kbit_training
+
+    quantization = quantization_config(model_args, training_args)
+    # Each process loads its own copy onto its own GPU (the TRL way); on CPU the model stays where it is built.
+    device_map = {"": PartialState().local_process_index} if quantization and torch.cuda.is_available() else None
+    model = MBlipForConditionalGeneration.from_pretrained(
+        source, quantization_config=quantization, dtype=getattr(torch, model_args.model_dtype), device_map=device_map
+    )
+    if quantization is not None:
+        # Casts the LLM's norms to fp32 and freezes it; the vision stack is untouched.
+        model.language_model = prepare_model_for_kbit_training(model.language_model, use_gradient_checkpointing=False)
+    target_pattern = lora_target_pattern(model, model_args.lora_target_modules) if model_args.use_peft else None
+    if model_args.use_peft:
+        model = add_lora(model, model_args, target_pattern)
+    select_trainable(model, model_args)
+    processor = MBlipProcessor.from_pretrained(source)
+    return model, processor, target_pattern
+
+
+def count_parameters(model) -> dict:
+    groups = {}
+    for name, param in model.named_parameters():
+        key = part_name(name).split(".")[0] if "lora_" not in name else "lora"
+        total, trainable = groups.get(key, (0, 0))
+        groups[key] = (total + param.numel(), trainable + (param.numel() if param.requires_grad else 0))
+    return {key: {"parameters": total, "trainable": trainable} for key, (total, trainable) in groups.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class MBlipTrainer(Trainer):
+    """A Trainer with the paper's per-part learning rates, whose checkpoints hold only the trainable weights (the
+    frozen, possibly quantized LLM is never rewritten) plus the usual optimizer, scheduler and RNG states."""
+
+    def learning_rate_for(self, name: str) -> float:
+        name = part_name(name)
+        if "lora_" in name:
+            return self.args.lora_learning_rate
+        if name.startswith("qformer.") or name == "query_tokens":
+            return self.args.qformer_learning_rate
+        if name.startswith("vision_model."):
+            return self.args.vision_learning_rate
+        return self.args.learning_rate
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups = {}
+            for name, param in opt_model.named_parameters():
+                if param.requires_grad:
+                    key = (self.learning_rate_for(name), self.args.weight_decay if name in decay else 0.0)
+                    groups.setdefault(key, []).append(param)
+            param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _trainable_names(self) -> list[str]:
+        model = self.accelerator.unwrap_model(self.model)
+        return [name for name, param in model.named_parameters() if param.requires_grad]
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        names = self._trainable_names()
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        trainable = {name: state_dict[name].detach().cpu().contiguous() for name in names}
+        save_file(trainable, os.path.join(output_dir, TRAINABLE_WEIGHTS), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None):
+        model = self.accelerator.unwrap_model(model if model is not None else self.model)
+        path = os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a train_mblip.py checkpoint: it has no {TRAINABLE_WEIGHTS}"
+            )
+        weights = load_file(path)
+        expected = set(self._trainable_names())
+        if set(weights) != expected:
+            raise ValueError(
+                f"Checkpoint {resume_from_checkpoint} trains other weights than this run asks for: missing "
+                f"{sorted(expected - set(weights))[:5]}, extra {sorted(set(weights) - expected)[:5]}. Resume with "
+                "the same --freeze_qformer / --train_vision_model / --use_peft / LoRA settings."
+            )
+        model.load_state_dict(weights, strict=False)
+
+    def _load_best_model(self):
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def trained_state(model) -> dict[str, torch.Tensor]:
+    return {name: param.detach().cpu() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets) -> str:
+    bases = (
+        [model_args.model_name_or_path]
+        if model_args.model_name_or_path
+        else [model_args.vision_model_name_or_path, model_args.language_model_name_or_path]
+    )
+    data = data_args.dataset_name or data_args.train_file
+    losses = "\n".join(f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items())
+    arguments = {
+        "model": {k: v for k, v in asdict(model_args).items() if v is not None},
+        "data": {k: v for k, v in asdict(data_args).items() if v is not None},
+        "training": {
+            k: getattr(training_args, k)
+            for k in (
+                "learning_rate",
+                "qformer_learning_rate",
+                "lora_learning_rate",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "num_train_epochs",
+                "max_steps",
+                "warmup_steps",
+                "weight_decay",
+                "lr_scheduler_type",
+                "seed",
+                "bf16",
+                "fp16",
+                "gradient_checkpointing",
+            )
+        },
+    }
+    return model_card(
+        title=f"mBLIP re-aligned with train_mblip.py ({Path(training_args.output_dir).name})",
+        description=(
+            "BLIP-2's ViT and Q-Former re-aligned to a multilingual LLM the mBLIP way (Geigle et al., 2023): "
+            "Q-Former, query tokens and a linear projection trained with LoRA on the LLM"
+            + (" loaded in 8-bit" if model_args.load_in_8bit else " loaded in 4-bit" if model_args.load_in_4bit else "")
+            + ". LoRA is merged into an un-quantized copy of the LLM."
+        ),
+        base_models=bases,
+        languages=languages,
+        repo_id=training_args.hub_model_id or "org/mblip-model",
+        sections={
+            "Training data": (
+                f"`{data}`: {report['train']['rows']} rows, of which {report['train']['bad_rows']} were skipped as "
+                f"unusable ({report['train']['by_reason'] or 'none'}), and "
+                f"{report.get('decode_failures', 0)} more whose image failed to decode during training. "
+                "No image was ever replaced by a placeholder."
+            ),
+            "Final losses": losses or "- (no losses logged)",
+            "LoRA target modules": ", ".join(lora_targets) if lora_targets else "(no LoRA)",
+            "Training arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
+        },
+    )
+
+
+def export(trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern) -> Path:
+    """Writes output_dir as a complete model repository: LoRA merged into an un-quantized copy of the LLM."""
+    output_dir = Path(training_args.output_dir)
+    state = trained_state(trainer.accelerator.unwrap_model(trainer.model))
+    if not trainer.args.should_save:
+        return output_dir
+    dtype = getattr(torch, model_args.model_dtype)
+    final = MBlipForConditionalGeneration.from_pretrained(source, dtype=dtype)  # un-quantized
+    lora_targets = []
+    if model_args.use_peft:
+        final = add_lora(final, model_args, target_pattern)
+        lora_targets = sorted({n.rsplit(".", 1)[-1] for n, m in final.named_modules() if hasattr(m, "lora_A")})
+    result = final.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    assert not result.unexpected_keys, result.unexpected_keys
+    processor = MBlipProcessor.from_pretrained(source)
+    card = training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets)
+    staging = output_dir / ".model-incomplete"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if model_args.use_peft and model_args.lora_output != "merged":
+        final.save_pretrained(staging / "adapter")  # PEFT's adapter format: adapter_config.json + weights
+    if model_args.lora_output == "adapter":
+        vision_stack = {part_name(k): v.contiguous() for k, v in state.items() if "lora_" not in k}
+        save_file(vision_stack, staging / "vision_stack.safetensors", metadata={"format": "pt"})
+        (staging / "README.md").write_text(card, encoding="utf-8")
+    else:
+        if model_args.use_peft:
+            final = final.merge_and_unload()
+        write_model_repository(
+            final,
+            processor,
+            staging,
+            card,
+            model_args.max_shard_size,
+            extra_files={"data_report.json": json.dumps(report, indent=2)},
+        )
+    move_into(staging, output_dir)
+    return output_dir
+
+
+def push(training_args: TrainingArguments, output_dir: Path):
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=training_args.hub_token)
+    repo_id = training_args.hub_model_id or output_dir.name
+    api.create_repo(repo_id, private=bool(training_args.hub_private_repo), exist_ok=True)
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        commit_message="Upload mBLIP trained with train_mblip.py",
+        ignore_patterns=["checkpoint-*", f"{INIT_DIR}/*", ".*", "runs/*"],
+    )
+    logger.info("Pushed %s to the Hub as %s", output_dir, repo_id)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MBlipTrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        if argv[0].endswith(".json"):
+            return parser.parse_json_file(os.path.abspath(argv[0]))
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: TrainingArguments):
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[logging.StreamHandler(sys.stdout)]
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBlipTrainingArguments, callbacks=None):
+    """The whole job; `callbacks` are extra `TrainerCallback`s for programmatic use."""
+    setup_logging(training_args)
+    logger.warning(
+        "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s",
+        training_args.process_index,
+        training_args.device,
+        training_args.n_gpu,
+        training_args.parallel_mode.value == "distributed",
+        training_args.bf16,
+    )
+    push_to_hub = training_args.push_to_hub
+    training_args.push_to_hub = False  # the finished repository is pushed once, below, not every checkpoint
+    if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+
+    # ---- resume
+    last_checkpoint = training_args.resume_from_checkpoint
+    if last_checkpoint is None and os.path.isdir(training_args.output_dir):
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint is not None:
+            logger.info("Resuming from the last checkpoint in output_dir: %s", last_checkpoint)
+    set_seed(training_args.seed)
+
+    # ---- data
+    raw = load_raw_datasets(data_args)
+    if data_args.max_train_samples is not None:
+        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
+    if "validation" in raw and data_args.max_eval_samples is not None:
+        raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
+    report = {}
+    with training_args.main_process_first(desc="checking the data"):
+        train_dataset, report["train"] = drop_bad_rows(raw["train"], data_args, "train")
+        eval_dataset = None
+        if "validation" in raw:
+            eval_dataset, report["validation"] = drop_bad_rows(raw["validation"], data_args, "validation")
+    languages = sorted(set(train_dataset["lang"])) if "lang" in train_dataset.column_names else None
+
+    # ---- model
+    source = model_args.model_name_or_path or assemble_init(model_args, training_args.output_dir, training_args.seed)
+    model, processor, target_pattern = load_model(model_args, training_args, source)
+    if data_args.max_length is not None:
+        processor.max_length = data_args.max_length
+    logger.info("Parameters per part: %s", json.dumps(count_parameters(model)))
+
+    # ---- train
+    features = None
+    if data_args.image_features_cache:
+        if model_args.train_vision_model:
+            raise ValueError("--image_features_cache needs a frozen ViT; it cannot go with --train_vision_model")
+        with training_args.main_process_first(desc="caching image features"):
+            batch_size = max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size)
+            features = build_image_features_cache(
+                model, processor, [d for d in (train_dataset, eval_dataset) if d is not None], data_args, batch_size
+            )
+    collator = MBlipCollator(processor, data_args, augment=data_args.augment, features=features)
+    trainer = MBlipTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    metrics = {k: v for k, v in result.metrics.items() if "loss" in k}
+    if eval_dataset is not None:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if "loss" in k})
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("all", {**result.metrics, **metrics})
+    trainer.save_state()
+    report["decode_failures"] = sum(gather_object([collator.failures]))
+    if report["decode_failures"]:
+        logger.warning("%d rows were skipped because their image failed to decode", report["decode_failures"])
+
+    # ---- output
+    output_dir = export(
+        trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern
+    )
+    if push_to_hub and training_args.should_save:
+        push(training_args, output_dir)
+    return trainer, report
+
+
+def main(argv=None, callbacks=None):
+    if not torch.accelerator.is_available():
+        # Without any accelerator, `accelerate launch --multi_gpu` processes must join a CPU (gloo) group. accelerate
+        # forms one only when told to use the CPU, before TrainingArguments creates the process state while parsing.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    model_args, data_args, training_args = parse_args(argv)
+    return run(model_args, data_args, training_args, callbacks=callbacks)
