@@ -1,9 +1,10 @@
-# Copyright 2026 The mBLIP toolkit authors. Licensed under the Apache License, Version 2.0.
+# Copyright 2026 The mBLIP toolkit authors. Licensed under the MIT License (see LICENSE).
 """mBLIP configuration: BLIP-2's ViT and Q-Former, re-aligned to any multilingual language model."""
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.utils import logging
+from transformers.utils.generic import is_flash_attention_requested
 
 
 logger = logging.get_logger(__name__)
@@ -63,6 +64,33 @@ def _as_text_config(value) -> PretrainedConfig:
         raise ValueError(f"`text_config` has model_type {model_type!r}, which transformers does not know.") from err
 
 
+def attention_per_sub_config(value):
+    """`attn_implementation` as one value or a dict per sub-config, with the Q-Former kept off flash attention.
+
+    The Q-Former runs in fp32 (`_keep_in_fp32_modules`) and has no flash-attention path in transformers, so one flash
+    value for the whole model gives the LLM and the ViT flash attention and leaves the Q-Former on sdpa. Asking for
+    flash attention in the Q-Former by name is an error.
+    """
+    if isinstance(value, str) and is_flash_attention_requested(requested_attention_implementation=value):
+        logger.info(f"attn_implementation={value!r}: the Q-Former has no flash-attention path and keeps 'sdpa'.")
+        return {"": value, "text_config": value, "vision_config": value, "qformer_config": "sdpa"}
+    if isinstance(value, dict):
+        qformer = value.get("qformer_config")
+        if isinstance(qformer, str) and is_flash_attention_requested(requested_attention_implementation=qformer):
+            raise ValueError(
+                f"attn_implementation['qformer_config']={qformer!r}: the Q-Former runs in fp32 and has no "
+                "flash-attention path; pass 'sdpa' or 'eager' for it (flash attention can go to 'text_config' and "
+                "'vision_config')."
+            )
+        unknown = sorted(set(value) - {"", "text_config", "vision_config", "qformer_config"})
+        if unknown:
+            raise ValueError(
+                f"attn_implementation has keys {unknown}; mBLIP's sub-configs are 'text_config', 'vision_config' "
+                "and 'qformer_config' ('' is the top level)."
+            )
+    return value
+
+
 class MBlipConfig(PretrainedConfig):
     r"""
     Configuration of [`MBlipForConditionalGeneration`]: a BLIP-2 vision encoder and Q-Former whose query outputs are
@@ -80,6 +108,10 @@ class MBlipConfig(PretrainedConfig):
             Learned query tokens; each image becomes this many LLM input embeddings.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation for the freshly initialised language projection.
+        attn_implementation (`str` or `dict`, *optional*):
+            One value for every sub-model, or a dict per sub-config, e.g.
+            `{"text_config": "flash_attention_2", "vision_config": "sdpa", "qformer_config": "eager"}`. One flash value
+            leaves the Q-Former (fp32, no flash path) on sdpa.
 
     The LLM family is derived from the config (`text_config.is_encoder_decoder`), never from a checkpoint's name.
 
@@ -136,5 +168,15 @@ class MBlipConfig(PretrainedConfig):
     def get_text_config(self, *args, **kwargs) -> PretrainedConfig:
         return self.text_config
 
+    @property
+    def _attn_implementation(self):
+        return self._attn_implementation_internal
 
-__all__ = ["MBlipConfig"]
+    @_attn_implementation.setter
+    def _attn_implementation(self, value):
+        # Every route (the constructor, from_pretrained, _from_config) sets attention through this setter, which
+        # PretrainedConfig spreads over the sub-configs.
+        PretrainedConfig._attn_implementation.fset(self, attention_per_sub_config(value))
+
+
+__all__ = ["MBlipConfig", "attention_per_sub_config"]

@@ -1,4 +1,4 @@
-# Copyright 2026 The mBLIP toolkit authors. Licensed under the Apache License, Version 2.0.
+# Copyright 2026 The mBLIP toolkit authors. Licensed under the MIT License (see LICENSE).
 """mBLIP: BLIP-2's ViT and Q-Former, linearly projected into a multilingual LLM (Geigle et al., 2023).
 
 The submodule names are those of transformers' `Blip2ForConditionalGeneration` (`vision_model`, `qformer`,
@@ -13,20 +13,30 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationMixin, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    GenerationConfig,
+    GenerationMixin,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2VisionModel
 from transformers.utils import logging
 
-from .configuration_mblip import MBlipConfig
+from .configuration_mblip import MBlipConfig, attention_per_sub_config
 
 
 logger = logging.get_logger(__name__)
 
 IGNORE_INDEX = -100
+# What `model.generate(**inputs)` does when neither the call nor the repository's generation_config.json says
+# otherwise: a caption-length answer, greedily. The benchmarks pass the paper's decoding settings explicitly
+# (5 beams and its length limits, see the evaluation tasks), so these defaults never change a reported number.
+# save_pretrained writes them to generation_config.json, where a repository can change them.
+CAPTIONING_GENERATION_DEFAULTS = {"max_new_tokens": 30}
 
 
 @dataclass
@@ -56,7 +66,9 @@ class MBlipPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _supports_flash_attn = False  # the Q-Former has no flash-attention path
+    # mBLIP has no attention layer of its own: each sub-model checks the implementation it is given. One flash value
+    # goes to the ViT and the LLM while the Q-Former keeps sdpa (see `attention_per_sub_config`).
+    _supports_flash_attn = True
     _supports_flex_attn = False
     # The Q-Former and its queries stay in fp32 under fp16, as in BLIP-2. The LLM adds its own entries on post_init
     # (T5's `wo`), and its `_no_split_modules` too, so `device_map="auto"` never splits one of its layers.
@@ -109,6 +121,9 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         else:
             self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
+        for name, value in CAPTIONING_GENERATION_DEFAULTS.items():
+            if getattr(self.generation_config, name, None) is None:
+                setattr(self.generation_config, name, value)
         # Every label that is not -100 is a prediction target for both LLM families (the decoder-only loss lets the
         # last visual position predict the first text token). Without a causal-LM loss type, the Trainer counts
         # `num_items_in_batch` over all labels instead of `labels[..., 1:]`.
@@ -135,6 +150,12 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
                 quantization_config.llm_int8_skip_modules = cls._vision_stack_modules + ["lm_head"]
                 kwargs["quantization_config"] = quantization_config
         return super().from_pretrained(*args, **kwargs)
+
+    def set_attn_implementation(self, attn_implementation, allow_all_kernels: bool = False):
+        """`PreTrainedModel.set_attn_implementation`, with one flash value leaving the Q-Former on sdpa."""
+        return super().set_attn_implementation(
+            attention_per_sub_config(attn_implementation), allow_all_kernels=allow_all_kernels
+        )
 
     # ---------------------------------------------------------------- LLM delegation
     def get_input_embeddings(self) -> nn.Module:
@@ -265,11 +286,13 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         """Visual prefix + prompt embeddings, and the matching attention mask.
 
         Encoder-decoder: [visual | prompt | padding]. Decoder-only: [padding | visual | prompt (+ target)], so that
-        the last `input_ids.shape[1]` positions line up with `input_ids`.
+        the last `input_ids.shape[1]` positions line up with `input_ids`. `image_features=None` means no image.
         """
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         batch_size, text_len = inputs_embeds.shape[:2]
+        if image_features is None:  # text only: an empty visual prefix
+            image_features = inputs_embeds.new_zeros((batch_size, 0, inputs_embeds.shape[-1]))
         if image_features.shape[0] != batch_size:
             raise ValueError(
                 f"Got {image_features.shape[0]} examples of images but {batch_size} prompts; pass one prompt per "
@@ -279,8 +302,7 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones((batch_size, text_len), dtype=torch.long, device=inputs_embeds.device)
         if attention_mask.shape != (batch_size, text_len):
             raise ValueError(
-                f"`attention_mask` has shape {tuple(attention_mask.shape)} but the prompts are "
-                f"{(batch_size, text_len)}"
+                f"`attention_mask` has shape {tuple(attention_mask.shape)} but the prompts are {(batch_size, text_len)}"
             )
         attention_mask = attention_mask.to(inputs_embeds.device)
         image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
@@ -312,6 +334,22 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         llm = base() if callable(base) else self.language_model
         return name in inspect.signature(llm.forward).parameters
 
+    def _images_and_prompt(self, pixel_values, image_embeds, input_ids, inputs_embeds, interpolate_pos_encoding):
+        """The projected image queries (None without an image) and the prompt ids (empty without a prompt)."""
+        has_image = pixel_values is not None or image_embeds is not None
+        if input_ids is None and inputs_embeds is None:
+            if not has_image:
+                raise ValueError(
+                    "Pass an image (`pixel_values` or `image_embeds`), a prompt (`input_ids` or `inputs_embeds`), or "
+                    "both; got none of them."
+                )
+            batch = (pixel_values if pixel_values is not None else image_embeds).shape[0]
+            input_ids = torch.zeros((batch, 0), dtype=torch.long, device=self.query_tokens.device)
+        image_features = None
+        if has_image:
+            image_features = self.get_image_features(pixel_values, image_embeds, interpolate_pos_encoding)
+        return image_features, input_ids
+
     @staticmethod
     def _position_ids(mask: torch.Tensor) -> torch.Tensor:
         # Positions count real tokens only, as for an unpadded example; padding gets position 0 (it is masked).
@@ -334,7 +372,8 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
     ) -> MBlipOutput | tuple:
         r"""
         Args:
-            pixel_values (`(batch, [n_images,] 3, H, W)`): the images; several per example are concatenated.
+            pixel_values (`(batch, [n_images,] 3, H, W)`): the images; several per example are concatenated. `None`
+                (with no `image_embeds`) runs the LLM on the text alone.
             input_ids (`(batch, seq)`): see the class docstring for each LLM family's contract. May be omitted for
                 an empty prompt.
             labels (`(batch, target_len)` or `(batch, seq)`): target ids with -100 where no loss is taken.
@@ -343,10 +382,9 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
                 with it the loss is the sum over target tokens divided by it, for both LLM families.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if input_ids is None and inputs_embeds is None:
-            batch = (pixel_values if pixel_values is not None else image_embeds).shape[0]
-            input_ids = torch.zeros((batch, 0), dtype=torch.long, device=self.query_tokens.device)
-        image_features = self.get_image_features(pixel_values, image_embeds, interpolate_pos_encoding)
+        image_features, input_ids = self._images_and_prompt(
+            pixel_values, image_embeds, input_ids, inputs_embeds, interpolate_pos_encoding
+        )
         embeds, mask = self._build_llm_inputs(image_features, input_ids, attention_mask, inputs_embeds)
 
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -373,15 +411,17 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
                 )
         else:
             # Step 4 (decoder-only): the LLM reads [padding | visual | prompt + target].
-            text_len = embeds.shape[1] - image_features.shape[1]
+            text_len = (input_ids if inputs_embeds is None else inputs_embeds).shape[1]
+            # Only the text positions (and the last visual one, which predicts the first text token) need logits;
+            # without an image nothing predicts the first text token.
+            kept = min(text_len + 1, embeds.shape[1])
             llm_kwargs = dict(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
             if self._llm_accepts("position_ids"):
                 llm_kwargs["position_ids"] = self._position_ids(mask)
-            # Only the text positions (and the last visual one, which predicts the first text token) need logits.
             if self._llm_accepts("logits_to_keep"):
-                llm_kwargs["logits_to_keep"] = text_len + 1
+                llm_kwargs["logits_to_keep"] = kept
             outputs = self.language_model(**llm_kwargs, **kwargs)
-            logits = outputs.logits[:, -(text_len + 1) :]
+            logits = outputs.logits[:, -kept:]
             loss = None
             if labels is not None:
                 if labels.shape != (embeds.shape[0], text_len):
@@ -393,17 +433,33 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
                 if attention_mask is not None:
                     labels = labels.masked_fill(attention_mask.to(labels.device) == 0, IGNORE_INDEX)
                 # The visual prefix never counts: its one kept position is labelled -100.
-                ignore = torch.full_like(labels[:, :1], IGNORE_INDEX)
+                ignore = torch.full_like(labels[:, : kept - text_len], IGNORE_INDEX)
                 loss = self.language_model.loss_function(
                     logits=logits,
                     labels=torch.cat([ignore, labels], dim=1),
                     vocab_size=logits.shape[-1],
                     num_items_in_batch=num_items_in_batch,
                 )
-            logits = logits[:, 1:]
+            logits = logits[:, kept - text_len :]
 
         output = MBlipOutput(loss=loss, logits=logits, image_features=image_features, language_model_outputs=outputs)
         return output if return_dict else output.to_tuple()
+
+    def _merge_generation_config(self, generation_config, generate_kwargs: dict):
+        """The call's settings over `generation_config` over `self.generation_config`, unset ones left unset.
+
+        The LLM's generate would otherwise start from its own generation config and drop this model's (the
+        repository's generation_config.json and run-time edits). transformers' global defaults are left for the LLM's
+        generate to fill in, so that it still tells a default `max_length` from one that was asked for.
+        """
+        base = generation_config if generation_config is not None else GenerationConfig()
+        merged = GenerationConfig.from_dict(base.to_dict())
+        merged.update(**self.generation_config.to_dict(), defaults_only=True, allow_custom_entries=True)
+        llm_kwargs = merged.update(**generate_kwargs)
+        return merged, llm_kwargs
+
+    # Generation arguments whose decoding needs a second model to read the same inputs as the LLM.
+    _assistant_arguments = ("assistant_model", "assistant_tokenizer", "assistant_early_exit")
 
     @torch.no_grad()
     def generate(
@@ -414,23 +470,47 @@ class MBlipForConditionalGeneration(MBlipPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         image_embeds: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
+        generation_config=None,
         **generate_kwargs,
     ):
         """Generates through the LLM's own `generate` (greedy, beam search, sampling, ...), batched.
 
+        Decoding settings come, by priority, from the keyword arguments, then `generation_config` if passed, then
+        `self.generation_config` (the repository's generation_config.json, or mBLIP's captioning defaults), then
+        transformers' defaults; the LLM's own generation config only fills what none of these sets.
+
         Returns only the newly generated tokens, for both LLM families (the encoder-decoder start token is dropped),
         so `processor.batch_decode(output, skip_special_tokens=True)` is the answer. With
-        `return_dict_in_generate=True` the same holds for `output.sequences`.
+        `return_dict_in_generate=True` the same holds for `output.sequences`. Without an image (`pixel_values` and
+        `image_embeds` both None) the LLM continues the prompt alone.
+
+        Prompt-lookup decoding (`prompt_lookup_num_tokens=`) works for a batch of one; it looks up n-grams in the
+        tokens generated so far, as the prompt reaches the LLM as embeddings. Assisted decoding (`assistant_model=`)
+        is refused: see the error.
         """
+        assisted = sorted(name for name in self._assistant_arguments if generate_kwargs.get(name) is not None)
+        if assisted:
+            raise ValueError(
+                f"mBLIP cannot use assisted decoding (got {assisted}): its LLM reads the image as query embeddings "
+                "in front of the prompt, which an assistant model cannot read. Use prompt-lookup decoding "
+                "(`prompt_lookup_num_tokens=`, batch of one) or plain decoding instead."
+            )
         if hasattr(self.language_model, "_hf_hook"):
             # Under a device map, let the LLM return its outputs where its inputs came from.
             self.language_model._hf_hook.io_same_device = True
-        if input_ids is None and inputs_embeds is None:
-            batch = (pixel_values if pixel_values is not None else image_embeds).shape[0]
-            input_ids = torch.zeros((batch, 0), dtype=torch.long, device=self.query_tokens.device)
-        image_features = self.get_image_features(pixel_values, image_embeds, interpolate_pos_encoding)
+        image_features, input_ids = self._images_and_prompt(
+            pixel_values, image_embeds, input_ids, inputs_embeds, interpolate_pos_encoding
+        )
         embeds, mask = self._build_llm_inputs(image_features, input_ids, attention_mask, inputs_embeds)
-        outputs = self.language_model.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
+        if generate_kwargs.get("prompt_lookup_num_tokens") is not None and embeds.shape[0] != 1:
+            raise ValueError(
+                f"Prompt-lookup decoding works for a batch of one; got a batch of {embeds.shape[0]}. Generate one "
+                "example at a time, or drop `prompt_lookup_num_tokens`."
+            )
+        generation_config, llm_kwargs = self._merge_generation_config(generation_config, generate_kwargs)
+        outputs = self.language_model.generate(
+            inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config, **llm_kwargs
+        )
         if self.config.is_encoder_decoder:
             if isinstance(outputs, torch.Tensor):
                 return outputs[:, 1:]

@@ -1,10 +1,10 @@
-# Copyright 2026 The mBLIP toolkit authors. Licensed under the Apache License, Version 2.0.
+# Copyright 2026 The mBLIP toolkit authors. Licensed under the MIT License (see LICENSE).
 """mBLIP processor: BLIP's image processor + the LLM's tokenizer, producing the model's input contract."""
 
 import torch
-
 from transformers.image_processing_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.image_utils import load_image
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_numpy_array, is_vision_available, logging
 
 
@@ -38,9 +38,7 @@ def _tensor_to_rgb(image: torch.Tensor, what: str) -> "PIL.Image.Image":
     if image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
         image = image.permute(1, 2, 0)
     if image.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"{what} has shape {tuple(image.shape)}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels"
-        )
+        raise ValueError(f"{what} has shape {tuple(image.shape)}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels")
     if image.dtype == torch.bool:
         image = image.to(torch.uint8) * 255
     elif image.is_floating_point():
@@ -49,7 +47,7 @@ def _tensor_to_rgb(image: torch.Tensor, what: str) -> "PIL.Image.Image":
         image = (image.float() * scale).round().clamp(0, 255).to(torch.uint8)
     elif image.dtype != torch.uint8:
         image = image.long()
-        image = (image.float() / 257.0 if image.numel() and int(image.max()) > 255 else image.float())
+        image = image.float() / 257.0 if image.numel() and int(image.max()) > 255 else image.float()
         image = image.round().clamp(0, 255).to(torch.uint8)
     if image.shape[-1] == 1:
         image = image.expand(-1, -1, 3)
@@ -61,8 +59,16 @@ def _tensor_to_rgb(image: torch.Tensor, what: str) -> "PIL.Image.Image":
 
 
 def to_rgb(image, index: int = 0) -> "PIL.Image.Image":
-    """Any PIL mode (RGB, RGBA, L, LA, P, CMYK, 1, I;16, I, F), numpy array or tensor -> an RGB PIL image."""
+    """Any PIL mode (RGB, RGBA, L, LA, P, CMYK, 1, I;16, I, F), numpy array, tensor, file path, URL or base64 string
+    -> an RGB PIL image. Strings are opened by transformers' own `load_image`, as the pipelines do."""
     what = f"image {index}"
+    if isinstance(image, str):
+        try:
+            image = load_image(image)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{what} is the string {image[:200]!r}, which is not an image file, URL or base64 image: {err}"
+            ) from err
     if isinstance(image, PIL.Image.Image):
         if image.mode in _HIGH_BIT_DEPTH_MODES:
             image = _high_bit_depth_to_8bit(image)
@@ -75,7 +81,57 @@ def to_rgb(image, index: int = 0) -> "PIL.Image.Image":
         image = torch.as_tensor(image)
     if isinstance(image, torch.Tensor):
         return _tensor_to_rgb(image.detach().cpu(), what)
-    raise ValueError(f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array or a torch tensor")
+    raise ValueError(
+        f"{what} is a {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor, a path or a URL"
+    )
+
+
+# The official mBLIP prompt is the plain instruction; the images reach the LLM as query embeddings in front of it, so
+# the template writes the text of the turns and nothing for the images. A turn with images but no text gets the
+# captioning prompt of the XM3600 evaluation.
+DEFAULT_CAPTION_PROMPT = "Caption in English:"
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{- raise_exception('mBLIP was trained without system prompts; put the instruction in the user turn.') -}}"
+    "{%- endif -%}"
+    "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"
+    "{%- else -%}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join(' ') -%}{%- endif -%}"
+    "{%- if not text and message['role'] == 'user' -%}{%- set text = '" + DEFAULT_CAPTION_PROMPT + "' -%}{%- endif -%}"
+    "{%- if not loop.first -%}{{- ' ' -}}{%- endif -%}"
+    "{{- text -}}"
+    "{%- endfor -%}"
+)
+
+# Tokenizer keywords that only make sense for plain tokenization: mBLIP builds `input_ids`, `attention_mask` and
+# `labels` itself (left padding before the visual prefix, targets with -100 labels), so they have nothing to act on.
+_UNSUPPORTED_TEXT_KWARGS = (
+    "stride",
+    "is_split_into_words",
+    "return_overflowing_tokens",
+    "return_special_tokens_mask",
+    "return_offsets_mapping",
+    "return_length",
+    "text_pair",
+    "text_pair_target",
+    "return_mm_token_type_ids",
+    "return_text_replacement_offsets",
+    "sanitize_control_tokens",
+)
+_TRUNCATE = {True, "longest_first", "only_first"}
+_NO_TRUNCATION = {False, "do_not_truncate"}
+_PAD_LONGEST = {True, "longest"}
+_NO_PADDING = {False, "do_not_pad"}
+
+
+def _strategy(value):
+    """A padding or truncation strategy as a plain value (`PaddingStrategy.LONGEST` -> "longest")."""
+    return getattr(value, "value", value)
+
+
+class MBlipProcessorKwargs(ProcessingKwargs, total=False):
+    pass
 
 
 class MBlipProcessor(ProcessorMixin):
@@ -90,7 +146,8 @@ class MBlipProcessor(ProcessorMixin):
         max_length (`int`, *optional*): the most tokens a prompt (and, separately, a target) may have. Longer
             prompts and targets are **truncated** (prompts keep their end, where the question is; targets keep their
             start) and a warning says how many were cut. `None` means the tokenizer's `model_max_length` when that is
-            a real limit, else no limit.
+            a real limit, else no limit. A call's `max_length=` / `truncation=` override it.
+        chat_template (`str`, *optional*): defaults to mBLIP's, which turns one user turn into the plain prompt.
 
     Encoder-decoder (mT0): `input_ids` = the prompt, right-padded; `labels` = the target, padded with -100.
     Decoder-only (BLOOMZ, Llama): `input_ids` = prompt + target + EOS, left-padded; `labels` = the same ids with
@@ -98,7 +155,17 @@ class MBlipProcessor(ProcessorMixin):
     ready for `generate`.
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, is_encoder_decoder=None, max_length=None, **kwargs):
+    valid_processor_kwargs = MBlipProcessorKwargs
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        is_encoder_decoder=None,
+        max_length=None,
+        chat_template=None,
+        **kwargs,
+    ):
         if is_encoder_decoder is None:
             raise ValueError(
                 "MBlipProcessor needs `is_encoder_decoder` (the LLM family it prepares inputs for); build it with "
@@ -107,14 +174,19 @@ class MBlipProcessor(ProcessorMixin):
             )
         self.is_encoder_decoder = bool(is_encoder_decoder)
         self.max_length = max_length
-        super().__init__(image_processor, tokenizer, **kwargs)
+        # Processors saved before the template existed (the released checkpoints among them) get it on loading.
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
         if tokenizer is not None:
-            # Decoder-only LLMs continue the prompt's last token, so prompts are left-padded.
-            tokenizer.padding_side = "right" if self.is_encoder_decoder else "left"
+            tokenizer.padding_side = self._padding_side
             if tokenizer.pad_token is None:
                 if tokenizer.eos_token is None:
                     raise ValueError("The tokenizer has neither a pad token nor an EOS token to pad with.")
                 tokenizer.pad_token = tokenizer.eos_token
+
+    @property
+    def _padding_side(self) -> str:
+        # Decoder-only LLMs continue the prompt's last token, so prompts are left-padded.
+        return "right" if self.is_encoder_decoder else "left"
 
     @classmethod
     def for_model_config(cls, config, image_processor, tokenizer, **kwargs) -> "MBlipProcessor":
@@ -123,15 +195,66 @@ class MBlipProcessor(ProcessorMixin):
         return cls(image_processor, tokenizer, is_encoder_decoder=text_config.is_encoder_decoder, **kwargs)
 
     # ---------------------------------------------------------------- text
+    def _text_options(self, text_kwargs: dict) -> dict:
+        """The tokenizer keywords of one call, checked against what mBLIP's input contract allows."""
+        for name in _UNSUPPORTED_TEXT_KWARGS:
+            if text_kwargs.get(name):
+                raise ValueError(
+                    f"MBlipProcessor does not support {name}={text_kwargs[name]!r}: it builds `input_ids`, "
+                    "`attention_mask` and `labels` itself (visual prefix, prompt + target, -100 labels). Tokenize "
+                    "with `processor.tokenizer` for plain tokenizer outputs."
+                )
+        if text_kwargs.get("return_token_type_ids"):
+            raise ValueError("MBlipProcessor does not return token type ids: no mBLIP LLM takes them.")
+        side = text_kwargs.get("padding_side")
+        if side is not None and side != self._padding_side:
+            family = "encoder-decoder" if self.is_encoder_decoder else "decoder-only"
+            raise ValueError(
+                f"padding_side={side!r}, but this processor serves a {family} LLM, whose prompts are "
+                f"{self._padding_side}-padded (decoder-only models continue the prompt's last token, and the model "
+                "moves the padding in front of the image queries); drop `padding_side`."
+            )
+        padding = _strategy(text_kwargs.get("padding", True))
+        if padding is None:
+            padding = True
+        if padding not in _PAD_LONGEST | _NO_PADDING | {"max_length"}:
+            raise ValueError(f"padding={padding!r}: expected True, 'longest', 'max_length', False or 'do_not_pad'")
+        truncation = _strategy(text_kwargs.get("truncation"))
+        if truncation is not None and truncation not in _TRUNCATE | _NO_TRUNCATION:
+            raise ValueError(
+                f"truncation={truncation!r}: expected True, 'longest_first', 'only_first', False or "
+                "'do_not_truncate' (a prompt has no second sequence to truncate)"
+            )
+        max_length = text_kwargs.get("max_length")
+        if max_length is None:
+            max_length = self._limit()
+        if truncation in _TRUNCATE and max_length is None:
+            raise ValueError(
+                f"truncation={truncation!r} needs a limit: pass max_length=, or build the processor with max_length"
+            )
+        if padding == "max_length" and max_length is None:
+            raise ValueError("padding='max_length' needs max_length= (the processor and tokenizer set no limit)")
+        multiple = text_kwargs.get("pad_to_multiple_of")
+        if multiple is not None and (not isinstance(multiple, int) or multiple < 1):
+            raise ValueError(f"pad_to_multiple_of must be a positive int, got {multiple!r}")
+        return {
+            "add_special_tokens": text_kwargs.get("add_special_tokens", True) is not False,
+            "padding": padding,
+            # Truncation is on unless turned off: an over-long prompt would otherwise overrun the LLM's positions.
+            "max_length": None if truncation in _NO_TRUNCATION else max_length,
+            "pad_length": max_length,
+            "pad_to_multiple_of": multiple,
+            "return_attention_mask": text_kwargs.get("return_attention_mask", True) is not False,
+        }
+
     def _limit(self) -> int | None:
         if self.max_length is not None:
             return int(self.max_length)
         limit = getattr(self.tokenizer, "model_max_length", None)
         return int(limit) if limit is not None and limit < 1_000_000 else None
 
-    def _tokenize(self, texts, add_special_tokens: bool, keep: str, what: str) -> list[list[int]]:
+    def _tokenize(self, texts, add_special_tokens: bool, limit: int | None, keep: str, what: str) -> list[list[int]]:
         ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-        limit = self._limit()
         if limit is not None:
             too_long = [len(x) for x in ids if len(x) > limit]
             if too_long:
@@ -141,48 +264,64 @@ class MBlipProcessor(ProcessorMixin):
                 ids = [x if len(x) <= limit else (x[-limit:] if keep == "end" else x[:limit]) for x in ids]
         return ids
 
-    def _pad(self, sequences: list[list[int]], value: int, side: str) -> torch.Tensor:
-        width = max((len(s) for s in sequences), default=0)
-        out = torch.full((len(sequences), width), value, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if seq:
-                if side == "left":
-                    out[row, width - len(seq) :] = torch.tensor(seq)
-                else:
-                    out[row, : len(seq)] = torch.tensor(seq)
-        return out
+    @staticmethod
+    def _pad(sequences: list[list[int]], value: int, side: str, width: int | None) -> list[list[int]]:
+        if width is None:
+            return [list(seq) for seq in sequences]
+        return [
+            [value] * (width - len(seq)) + list(seq) if side == "left" else list(seq) + [value] * (width - len(seq))
+            for seq in sequences
+        ]
 
-    def _encode_text(self, prompts: list[str], targets: list[str] | None) -> dict:
+    def _width(self, sequences: list[list[int]], options: dict) -> int | None:
+        """The padded length of a batch, as the tokenizer would choose it for the padding strategy."""
+        longest = max((len(s) for s in sequences), default=0)
+        if options["padding"] in _NO_PADDING:
+            return None
+        width = longest
+        if options["padding"] == "max_length":
+            width = options["pad_length"]
+            if longest > width:
+                raise ValueError(
+                    f"padding='max_length' with max_length={width}, but a sequence has {longest} tokens (decoder-only "
+                    "input_ids hold prompt + target, each up to max_length); raise max_length or pad to 'longest'"
+                )
+        multiple = options["pad_to_multiple_of"]
+        if multiple is not None and width % multiple:
+            width += multiple - width % multiple
+        return width
+
+    def _encode_text(self, prompts: list[str], targets: list[str] | None, options: dict) -> dict:
         pad_id = self.tokenizer.pad_token_id
-        prompt_ids = self._tokenize(prompts, add_special_tokens=True, keep="end", what="prompt")
+        limit, side = options["max_length"], self._padding_side
+        prompt_ids = self._tokenize(prompts, options["add_special_tokens"], limit, keep="end", what="prompt")
         if self.is_encoder_decoder:
-            input_ids = self._pad(prompt_ids, pad_id, "right")
-            encoded = {"input_ids": input_ids, "attention_mask": (self._pad([[1] * len(p) for p in prompt_ids], 0, "right"))}
+            encoded = {"input_ids": prompt_ids}
             if targets is not None:
                 # The seq2seq tokenizer appends EOS to targets itself (T5: "</s>").
-                target_ids = self._tokenize(targets, add_special_tokens=True, keep="start", what="target")
-                encoded["labels"] = self._pad(target_ids, IGNORE_INDEX, "right")
-            return encoded
-
-        sequences, labels = prompt_ids, None
-        if targets is not None:
-            eos = self.tokenizer.eos_token_id
-            if eos is None:
-                raise ValueError("Decoder-only training needs an EOS token to end targets; the tokenizer has none.")
-            target_ids = self._tokenize(targets, add_special_tokens=False, keep="start", what="target")
-            target_ids = [t + [eos] for t in target_ids]
-            sequences = [p + t for p, t in zip(prompt_ids, target_ids)]
-            labels = self._pad([[IGNORE_INDEX] * len(p) + t for p, t in zip(prompt_ids, target_ids)], IGNORE_INDEX, "left")
-        encoded = {
-            "input_ids": self._pad(sequences, pad_id, "left"),
-            "attention_mask": self._pad([[1] * len(s) for s in sequences], 0, "left"),
-        }
-        if labels is not None:
-            encoded["labels"] = labels
+                target_ids = self._tokenize(targets, options["add_special_tokens"], limit, keep="start", what="target")
+                encoded["labels"] = self._pad(target_ids, IGNORE_INDEX, side, self._width(target_ids, options))
+        else:
+            sequences, encoded = prompt_ids, {}
+            if targets is not None:
+                eos = self.tokenizer.eos_token_id
+                if eos is None:
+                    raise ValueError("Decoder-only training needs an EOS token to end targets; the tokenizer has none.")
+                target_ids = self._tokenize(targets, False, limit, keep="start", what="target")
+                target_ids = [t + [eos] for t in target_ids]
+                sequences = [p + t for p, t in zip(prompt_ids, target_ids)]
+                labels = [[IGNORE_INDEX] * len(p) + t for p, t in zip(prompt_ids, target_ids)]
+                encoded["labels"] = self._pad(labels, IGNORE_INDEX, side, self._width(sequences, options))
+            encoded["input_ids"] = sequences
+        sequences = encoded["input_ids"]
+        width = self._width(sequences, options)
+        encoded["input_ids"] = self._pad(sequences, pad_id, side, width)
+        if options["return_attention_mask"]:
+            encoded["attention_mask"] = self._pad([[1] * len(s) for s in sequences], 0, side, width)
         return encoded
 
     # ---------------------------------------------------------------- images
-    def _encode_images(self, images, batch_size: int | None, **image_kwargs) -> torch.Tensor:
+    def _encode_images(self, images, batch_size: int | None, **images_kwargs) -> torch.Tensor:
         """One image, a list (one per example) or a list of lists (several per example, equal counts)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
@@ -199,32 +338,49 @@ class MBlipProcessor(ProcessorMixin):
         if batch_size is not None and len(groups) != batch_size:
             raise ValueError(f"Got {len(groups)} images (or image groups) but {batch_size} prompts; they must match.")
         flat = [to_rgb(image, index) for index, image in enumerate(img for group in groups for img in group)]
-        pixel_values = self.image_processor(flat, return_tensors="pt", **image_kwargs)["pixel_values"]
+        # The ViT takes one stacked batch whatever the caller asked for; `return_tensors` applies to the output.
+        images_kwargs.pop("return_tensors", None)
+        pixel_values = self.image_processor(flat, return_tensors="pt", **images_kwargs)["pixel_values"]
         if nested:
             pixel_values = pixel_values.reshape(len(groups), len(groups[0]), *pixel_values.shape[1:])
         return pixel_values
 
-    def __call__(self, images=None, text=None, text_target=None, return_tensors="pt", padding=True, **kwargs):
+    def __call__(self, images=None, text=None, text_target=None, videos=None, audio=None, **kwargs):
         """
         Args:
-            images: a PIL image (any mode), numpy array or tensor; a list with one per example; or a list of
-                equally long lists for several images per example (MaRVL's left/right pairs).
+            images: a PIL image (any mode), numpy array, tensor, file path or URL; a list with one per example; or a
+                list of equally long lists for several images per example (MaRVL's left/right pairs).
             text (`str` or `list[str]`): the prompts. `None` means empty prompts (plain captioning).
             text_target (`str` or `list[str]`, *optional*): the targets, for training.
-            return_tensors: only "pt" is supported.
-            padding: always pads to the longest in the batch (kept for API compatibility).
+            kwargs: processor keywords as for any transformers processor, flat or grouped (`text_kwargs={...}`,
+                `images_kwargs={...}`). Text: `padding` (True/"longest", the default; "max_length"; False),
+                `truncation` (on by default when a limit is known), `max_length`, `add_special_tokens`,
+                `pad_to_multiple_of`, `return_attention_mask`. Images: the image processor's keywords (`size`,
+                `do_normalize`, ...). `return_tensors`: "pt" (the default), "np" or None (lists).
 
         Returns:
             `BatchFeature` with `pixel_values`, `input_ids`, `attention_mask` and, with targets, `labels`.
         """
-        if return_tensors not in ("pt", None):
-            raise ValueError(f"MBlipProcessor returns PyTorch tensors only; got return_tensors={return_tensors!r}")
-        if padding not in (True, "longest"):
-            raise ValueError(f"MBlipProcessor pads to the longest sequence; got padding={padding!r}")
-        if images is None and text is None:
+        if videos is not None or audio is not None:
+            raise ValueError(
+                f"MBlipProcessor takes images and text only; got videos={type(videos).__name__}, "
+                f"audio={type(audio).__name__}"
+            )
+        merged = self._merge_kwargs(MBlipProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
+        if text_target is None:
+            text_target = text_kwargs.pop("text_target", None)
+        return_tensors = text_kwargs.pop("return_tensors", images_kwargs.get("return_tensors", "pt"))
+        return_tensors = getattr(return_tensors, "value", return_tensors)
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors={return_tensors!r}: MBlipProcessor returns 'pt', 'np' or None (lists)")
+        options = self._text_options(text_kwargs)
+        if images is None and text is None and text_target is None:
             raise ValueError("Pass `images`, `text`, or both.")
         prompts = [text] if isinstance(text, str) else (list(text) if text is not None else None)
-        targets = [text_target] if isinstance(text_target, str) else (list(text_target) if text_target is not None else None)
+        targets = (
+            [text_target] if isinstance(text_target, str) else (list(text_target) if text_target is not None else None)
+        )
         if prompts is not None and len(prompts) == 0:
             raise ValueError("`text` is an empty list: pass one prompt per example.")
         if prompts is not None and not all(isinstance(p, str) for p in prompts):
@@ -239,21 +395,28 @@ class MBlipProcessor(ProcessorMixin):
 
         data = {}
         if images is not None:
-            data["pixel_values"] = self._encode_images(images, len(prompts) if prompts is not None else None, **kwargs)
+            batch_size = len(prompts) if prompts is not None else None
+            data["pixel_values"] = self._encode_images(images, batch_size, **images_kwargs)
         if prompts is None:
             prompts = [""] * data["pixel_values"].shape[0]
-        data.update(self._encode_text(prompts, targets))
+        data.update(self._encode_text(prompts, targets, options))
+        if return_tensors is not None and options["padding"] in _NO_PADDING:
+            for key in ("input_ids", "labels"):
+                lengths = sorted({len(row) for row in data.get(key, [])})
+                if len(lengths) > 1:
+                    raise ValueError(
+                        f"padding={options['padding']!r} leaves `{key}` rows of lengths {lengths}, which cannot be "
+                        f"stacked into return_tensors={return_tensors!r}; pad, or pass return_tensors=None for lists"
+                    )
+        if return_tensors is None:
+            if "pixel_values" in data:
+                data["pixel_values"] = list(data["pixel_values"].numpy())
+            return BatchFeature(data=data)
         return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
 
     @property
     def model_input_names(self):
         return ["pixel_values", "input_ids", "attention_mask"]
 
 
-__all__ = ["MBlipProcessor", "to_rgb"]
+__all__ = ["MBlipProcessor", "to_rgb", "CHAT_TEMPLATE", "DEFAULT_CAPTION_PROMPT"]

@@ -126,12 +126,12 @@ def test_bad_input_names_what_was_wrong():
         processor(text=PROMPTS[:2], text_target=TARGETS[:1])
     with pytest.raises(ValueError, match=r"shape \(5, 5, 2\).*channels"):
         processor(images=np.zeros((5, 5, 2), np.uint8), text="x")
-    with pytest.raises(ValueError, match="image 0 is a str"):
+    with pytest.raises(ValueError, match="image 0 is the string 'cat.jpg', which is not an image file"):
         processor(images="cat.jpg", text="x")
     with pytest.raises(ValueError, match="strings"):
         processor(text=[1, 2])
-    with pytest.raises(ValueError, match="PyTorch"):
-        processor(text="x", return_tensors="np")
+    with pytest.raises(ValueError, match="return_tensors='tf'"):
+        processor(text="x", return_tensors="tf")
     with pytest.raises(ValueError, match="Pass `images`, `text`, or both"):
         processor()
 
