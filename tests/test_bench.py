@@ -253,3 +253,45 @@ def test_cli_rejects_what_it_cannot_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         common.require_device("cuda")
+
+
+def test_a_partial_run_replaces_only_the_rows_it_measured():
+    """`python -m mblip.bench --only training --families bloom` keeps mt5's rows, and each row names its run."""
+    import copy
+
+    machine_a = {"cpu": "cpu A", "torch": "2.13.0"}
+    machine_b = {"cpu": "cpu B", "torch": "2.13.0"}
+    run_a = {"command": "python -m mblip.bench", "started": "day 1", "machine": machine_a}
+    run_b = {
+        "command": "python -m mblip.bench --only training --families bloom",
+        "started": "day 2",
+        "machine": machine_b,
+    }
+    setup = {"size": "cpu", "steps": 8}
+
+    def family(value, run):
+        return {"llm": value, "configs": {"fp32": {"x": value, "run": run}, "int8+gc": {"x": value + 1, "run": run}}}
+
+    old = {"setup": setup, "families": {"mt5": family(1, run_a), "bloom": family(2, run_a)}}
+    new = {"setup": setup, "families": {"bloom": {"llm": 3, "configs": {"fp32": {"x": 3, "run": run_b}}}}}
+    merged = bench_main.merge_training(copy.deepcopy(old), new)
+    assert merged["families"]["mt5"] == old["families"]["mt5"]
+    assert merged["families"]["bloom"]["configs"]["fp32"] == {"x": 3, "run": run_b}
+    assert merged["families"]["bloom"]["configs"]["int8+gc"] == {"x": 3, "run": run_a}  # not re-measured: kept
+    # Other settings: the old rows no longer compare, so the new run replaces them (and says so in the log).
+    assert bench_main.merge_training(old, {**new, "setup": {"size": "cpu", "steps": 9}})["families"].keys() == {"bloom"}
+
+    inference_old = [{"setup": {"llm_dtype": "float32"}, "families": {"mt5": {"run": run_a}, "bloom": {"run": run_a}}}]
+    inference_new = [{"setup": {"llm_dtype": "float32"}, "families": {"bloom": {"run": run_b}}}]
+    merged_inference = bench_main.merge_inference(inference_old, inference_new)
+    assert merged_inference[0]["families"] == {"mt5": {"run": run_a}, "bloom": {"run": run_b}}
+
+    from mblip.bench.report import machine_section, measuring_runs
+
+    data = {"machine": machine_b, "training": merged, "inference": merged_inference, "runs": {}}
+    runs = dict(measuring_runs(data))
+    assert len(runs) == 2
+    (label_a,) = [label for label, info in runs.items() if info is run_a]
+    assert "inference float32 mt5" in label_a and "training mt5 fp32" in label_a
+    lines = "\n".join(machine_section("cpu", data))
+    assert "on another machine or software: cpu cpu A" in lines

@@ -130,6 +130,57 @@ def save(results: dict, path: Path):
         json.dump(results, handle, indent=1, default=str)
 
 
+def _stamp(entry: dict, run_info: dict) -> dict:
+    """Each measured row carries the run (command, time, machine) that measured it."""
+    return {**entry, "run": run_info}
+
+
+def merge_inference(old: list, new: list) -> list:
+    """New inference rows replace only the same (LLM dtype, family) rows; the others stay as they were measured."""
+    merged = [dict(part, families=dict(part["families"])) for part in old]
+    for part in new:
+        same = [m for m in merged if m["setup"].get("llm_dtype") == part["setup"].get("llm_dtype")]
+        if same and same[0]["setup"] == part["setup"]:
+            same[0]["families"].update(part["families"])
+        elif same:
+            # Other settings (batch sizes, repeats, ...): the part's rows no longer compare with the old ones.
+            kept = sorted(set(same[0]["families"]) - set(part["families"]))
+            if kept:
+                logger.warning(
+                    "Inference %s: settings changed, so the earlier rows of %s are dropped (rerun them with the same "
+                    "settings): %s -> %s",
+                    part["setup"].get("llm_dtype"),
+                    kept,
+                    same[0]["setup"],
+                    part["setup"],
+                )
+            merged[merged.index(same[0])] = part
+        else:
+            merged.append(part)
+    return merged
+
+
+def merge_training(old: dict | None, new: dict) -> dict:
+    """New training rows replace only the same (family, setting) rows, when the run settings are the same."""
+    if not old or old.get("setup") != new["setup"]:
+        if old:
+            logger.warning(
+                "Training: settings changed, so the earlier rows (%s) are dropped: %s -> %s",
+                sorted(old.get("families", {})),
+                old.get("setup"),
+                new["setup"],
+            )
+        return new
+    families = {name: dict(entry, configs=dict(entry["configs"])) for name, entry in old["families"].items()}
+    for name, entry in new["families"].items():
+        if name in families:
+            families[name].update({k: v for k, v in entry.items() if k != "configs"})
+            families[name]["configs"].update(entry["configs"])
+        else:
+            families[name] = entry
+    return {**new, "families": families}
+
+
 def run_translation(repeats: int) -> dict:
     """bench/translation.py's run() for each of its length profiles, each in a child (it sets its own thread count)."""
     from . import translation
@@ -161,9 +212,11 @@ def main(argv=None) -> int:
     common.set_child_log(log)
 
     path = results_path(args)
-    # A run of some parts keeps the other parts' last results (each part records its own run below).
-    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    results.update(machine=common.machine(args.device), seconds={}, runs=results.get("runs", {}))
+    # A run of some parts, families or settings replaces only the rows it measured; every row keeps the run (command,
+    # time, machine) that measured it, and the report names each machine.
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    results = dict(previous)
+    results.update(machine=common.machine(args.device), seconds={}, runs=previous.get("runs", {}))
     run_info = {
         "command": " ".join(["python -m mblip.bench", *(sys.argv[1:] if argv is None else argv)]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -175,24 +228,25 @@ def main(argv=None) -> int:
     if "inference" in args.only:
         from . import inference
 
-        results["inference"] = []
+        measured = []
         for llm_dtype in args.llm_dtypes:
             logger.info("Inference, %s LLM: %s at batch %s", llm_dtype, args.families, args.batch_sizes)
             t0 = time.perf_counter()
-            results["inference"].append(
-                inference.run(
-                    args.families,
-                    args.size,
-                    tuple(args.batch_sizes),
-                    args.repeats,
-                    args.max_new_tokens,
-                    args.device,
-                    llm_dtype,
-                    memory_repeats=args.memory_repeats,
-                    static_cache=args.static_cache,
-                    compile=args.compile,
-                )
+            part = inference.run(
+                args.families,
+                args.size,
+                tuple(args.batch_sizes),
+                args.repeats,
+                args.max_new_tokens,
+                args.device,
+                llm_dtype,
+                memory_repeats=args.memory_repeats,
+                static_cache=args.static_cache,
+                compile=args.compile,
             )
+            part["families"] = {name: _stamp(entry, run_info) for name, entry in part["families"].items()}
+            measured.append(part)
+            results["inference"] = merge_inference(previous.get("inference", []), measured)
             results["seconds"][f"inference-{llm_dtype}"] = time.perf_counter() - t0
             save(results, path)
     if "training" in args.only:
@@ -206,7 +260,7 @@ def main(argv=None) -> int:
             if unknown:
                 parser.error(f"--train_settings takes {[c['name'] for c in configs]}, got {unknown}")
             configs = [c for c in configs if c["name"] in args.train_settings]
-        results["training"] = training.run(
+        measured = training.run(
             args.train_families,
             args.size,
             configs=configs,
@@ -217,6 +271,9 @@ def main(argv=None) -> int:
             device=args.device,
             peak_tflops=args.peak_tflops,
         )
+        for entry in measured["families"].values():
+            entry["configs"] = {name: _stamp(config, run_info) for name, config in entry["configs"].items()}
+        results["training"] = merge_training(previous.get("training"), measured)
         results["seconds"]["training"] = time.perf_counter() - t0
         save(results, path)
     if "translation" in args.only:

@@ -88,13 +88,48 @@ def machine_section(name: str, data: dict) -> list[str]:
         ["accelerate", m.get("accelerate")],
         ["platform", m.get("platform")],
     ]
-    runs = data.get("runs", {})
-    for part, info in runs.items():
-        rows.append([f"{part} run", f"{info.get('started')} `{info.get('command')}`"])
+    for label, info in measuring_runs(data):
+        rows.append([label, f"{info.get('started')} `{info.get('command')}`{_other_machine(m, info.get('machine'))}"])
     seconds_taken = data.get("seconds", {})
     if seconds_taken:
         rows.append(["wall time of the last run", ", ".join(f"{k} {v:.0f} s" for k, v in seconds_taken.items())])
     return [f"### Machine ({name})", "", *table(["", ""], rows), ""]
+
+
+def measuring_runs(data: dict) -> list[tuple[str, dict]]:
+    """(what it measured, run) for every run whose rows are in `data`: a partial run replaces only its own rows, so
+    the rows of one results file can come from several runs, even from several machines."""
+    found = {}
+    for part in data.get("inference", []):
+        for family, entry in part["families"].items():
+            found.setdefault(_run_key(entry.get("run")), (entry.get("run"), []))[1].append(
+                f"inference {part['setup'].get('llm_dtype')} {family}"
+            )
+    for family, entry in data.get("training", {}).get("families", {}).items():
+        for name, config in entry.get("configs", {}).items():
+            found.setdefault(_run_key(config.get("run")), (config.get("run"), []))[1].append(
+                f"training {family} {name}"
+            )
+    runs = [(", ".join(what) + " run", info) for key, (info, what) in found.items() if info is not None]
+    # Results measured before rows carried their run: the part-level record.
+    for part, info in data.get("runs", {}).items():
+        stamped = any(label.startswith(part) for label, _ in runs)
+        if not stamped and (part != "translation" or "translation" in data):
+            runs.append((f"{part} run", info))
+    return runs
+
+
+def _run_key(info: dict | None) -> tuple:
+    return (info or {}).get("command"), (info or {}).get("started")
+
+
+def _other_machine(machine: dict, run_machine: dict | None) -> str:
+    """' (on another machine: ...)' when a run's machine differs from the results file's (the latest run's)."""
+    if not run_machine:
+        return ""
+    keys = ("cpu", "gpu", "usable_cpus", "memory_gib", "torch", "transformers", "peft", "bitsandbytes", "accelerate")
+    differ = [f"{k} {run_machine.get(k)}" for k in keys if run_machine.get(k) != machine.get(k)]
+    return f" (on another machine or software: {', '.join(differ)})" if differ else ""
 
 
 def _threads(data: dict) -> str:
