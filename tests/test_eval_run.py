@@ -71,6 +71,23 @@ def write_xflickrco(root):
                 {"sentences": [f"{words} am Strand."], "id": 392892, "img_path": "COCO_val2014_000000392892.jpg"},
             ],
         )
+    # English is scored on Flickr30k's test set (five references), IGLUE's datasets/flickr30k next to xFlickrCO.
+    _jsonl(
+        root.parent / "flickr30k" / "annotations" / "test_ann.jsonl",
+        [
+            {
+                "sentences": [
+                    "The man with pierced ears is wearing glasses and an orange hat.",
+                    "A man with glasses is wearing a beer can crocheted hat.",
+                    "A man with gauges and glasses is wearing a Blitz hat.",
+                    "A man in an orange hat starring at something.",
+                    "A man wears an orange hat and glasses.",
+                ],
+                "id": "1007129816",
+                "img_path": "1007129816.jpg",
+            }
+        ],
+    )
     return root, f"{root / 'flickr'},{root / 'coco'}"
 
 
@@ -595,9 +612,9 @@ BASE = ["--model", "m", "--data_dir", "d", "--image_dir", "i"]
 
 def test_unknown_task_lists_the_supported_ones():
     with pytest.raises(
-        ValueError, match="Unknown task 'vqav2'. Supported tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope"
+        ValueError, match="Unknown task 'okvqa'. Supported tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope"
     ):
-        parse_args([*BASE, "--task", "vqav2"])
+        parse_args([*BASE, "--task", "okvqa"])
 
 
 def test_unknown_language_lists_the_supported_ones():

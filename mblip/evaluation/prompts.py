@@ -91,6 +91,10 @@ TRANSLATED_PROMPTS: dict[str, dict[str, str]] = {
         "zh": "根据这两张图片，说“{statement}”是否正确？是还是否？请用英语回答：",
     },
     "pope": {"en": "{question}"},
+    # English-only benchmarks: the paper's prompt is already in the target language.
+    "coco": {"en": "Caption in English: "},
+    "vqav2": {"en": "Question: {question} Short answer in English:"},
+    "chair": {"en": "{instruction}"},
 }
 
 PROMPT_LANGUAGES = ("en", "target")

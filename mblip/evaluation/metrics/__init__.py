@@ -39,6 +39,10 @@ __all__ = [
     "exact_match",
     "relaxed_match",
     "pope_metrics",
+    "CHAIR_SYNONYMS",
+    "load_chair_synonyms",
+    "chair_objects",
+    "chair",
     "language_fidelity",
     "identifiable_language",
 ]
@@ -484,6 +488,144 @@ def pope_metrics(predictions: list[str], labels: list[str]) -> dict[str, float]:
         "recall": recall,
         "f1": f1,
         "yes_ratio": yes / len(predictions),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- CHAIR
+# The official CHAIR synonym list (LisaAnne/Hallucination, data/synonyms.txt), shipped unchanged with its source noted.
+CHAIR_SYNONYMS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "chair_synonyms.txt")
+
+# Two-word names that CHAIR reads as one word (after singularisation, hence "wine glas"); each maps to the word it
+# counts as. Qualified animals and vehicles ("baby bird", "passenger train") count as the animal or vehicle, not as a
+# person. These are the rules of the CHAIR reference implementation, which the official mBLIP evaluation keeps.
+_CHAIR_PHRASES = {
+    phrase: phrase
+    for phrase in (
+        "motor bike",
+        "motor cycle",
+        "air plane",
+        "traffic light",
+        "street light",
+        "traffic signal",
+        "stop light",
+        "fire hydrant",
+        "stop sign",
+        "parking meter",
+        "suit case",
+        "sports ball",
+        "baseball bat",
+        "baseball glove",
+        "tennis racket",
+        "wine glass",
+        "hot dog",
+        "cell phone",
+        "mobile phone",
+        "teddy bear",
+        "hair drier",
+        "potted plant",
+        "laptop computer",
+        "stove top oven",
+        "home plate",
+        "train track",
+    )
+}
+for _animal in ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub"):
+    _CHAIR_PHRASES[f"baby {_animal}"] = _animal
+    _CHAIR_PHRASES[f"adult {_animal}"] = _animal
+for _vehicle in ("jet", "train"):
+    _CHAIR_PHRASES[f"passenger {_vehicle}"] = _vehicle
+_CHAIR_PHRASES.update({"bow tie": "tie", "toilet seat": "toilet", "wine glas": "wine glass"})
+
+_chair_vocabularies: dict = {}
+
+
+def load_chair_synonyms(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """{word or synonym: MSCOCO object} from a CHAIR synonym file (default: the shipped official list). Each line is
+    an object's name followed by its synonyms, separated by ", "; lines starting with "#" are comments."""
+    path = os.fspath(path or CHAIR_SYNONYMS)
+    if path not in _chair_vocabularies:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No CHAIR synonym file at {path}")
+        vocabulary = {}
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("#") or not line.strip():
+                    continue
+                words = line.strip().split(", ")
+                for word in words:
+                    vocabulary[word] = words[0]
+        if not vocabulary:
+            raise ValueError(f"{path} holds no synonyms")
+        _chair_vocabularies[path] = vocabulary
+    return _chair_vocabularies[path]
+
+
+def _chair_tools():
+    """CHAIR's tokenizer and singulariser: NLTK's word tokenizer and pattern's `singularize` (as vendored by
+    TextBlob), the two the reference implementation uses."""
+    try:
+        from nltk.tokenize import NLTKWordTokenizer
+        from textblob.en.inflect import singularize
+    except ImportError:
+        raise RuntimeError(
+            "CHAIR needs nltk and textblob (pattern's singularize, which the reference implementation uses): "
+            "pip install textblob"
+        ) from None
+    return NLTKWordTokenizer(), singularize
+
+
+# Sentence ends, where NLTK's Punkt model (not shipped with nltk) would split before tokenizing words.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def chair_objects(caption: str, synonyms: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+    """The MSCOCO objects a caption mentions, in order: (the word as it appears after singularisation, the object).
+
+    CHAIR's reading of a caption: lower case, word tokens, each singularised with pattern's rules (whose quirks are
+    kept: "glass" becomes "glas", "bus" becomes "bu" and so is never found), two-word names joined, "seat" ignored
+    next to "toilet", then every word in the synonym list mapped to its object.
+    """
+    vocabulary = load_chair_synonyms(synonyms)
+    tokenizer, singularize = _chair_tools()
+    tokens = []
+    for sentence in _SENTENCE_END.split(caption.lower().strip()):
+        tokens.extend(singularize(token) for token in tokenizer.tokenize(sentence))
+    words, index = [], 0
+    while index < len(tokens):
+        pair = " ".join(tokens[index : index + 2])
+        if pair in _CHAIR_PHRASES:
+            words.append(_CHAIR_PHRASES[pair])
+            index += 2
+        else:
+            words.append(tokens[index])
+            index += 1
+    if "toilet" in words and "seat" in words:  # "the seat of the toilet" is not a chair
+        words = [word for word in words if word != "seat"]
+    return [(word, vocabulary[word]) for word in words if word in vocabulary]
+
+
+def chair(captions: list[str], objects: list, synonyms: str | os.PathLike | None = None) -> dict[str, float]:
+    """CHAIR (Rohrbach et al., 2018): object hallucination in captions, as fractions (lower is better).
+
+    `objects[i]` are the MSCOCO objects really in image i (category names or any synonym, e.g. from COCO's instance
+    annotations). CHAIR-i: hallucinated object mentions / all object mentions; CHAIR-s: captions with at least one
+    hallucinated object / all captions. CHAIR-i is 0 when no caption mentions an object.
+    """
+    _check_pairs(captions, objects, "chair")
+    vocabulary = load_chair_synonyms(synonyms)
+    mentions = hallucinated = hallucinated_captions = 0
+    for caption, present in zip(captions, objects):
+        if isinstance(present, str):
+            raise ValueError("chair: objects[i] must be a list of object names, not a string")
+        truth = {vocabulary.get(name, name) for name in present}
+        found = chair_objects(caption, synonyms)
+        wrong = sum(obj not in truth for _, obj in found)
+        mentions += len(found)
+        hallucinated += wrong
+        hallucinated_captions += wrong > 0
+    return {
+        "chair_i": hallucinated / mentions if mentions else 0.0,
+        "chair_s": hallucinated_captions / len(captions),
     }
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from .base import Example, ImageFinder, Problem, Task, TaskData, image_dirs_from_arg
+from .chair import CHAIR
+from .coco import COCOCaptions
 from .marvl import MaRVL
 from .maxm import MaXM
 from .pope import POPE
+from .vqav2 import VQAv2
 from .xflickrco import XFlickrCO
 from .xgqa import XGQA
 from .xm3600 import XM3600
 from .xvnli import XVNLI
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (XM3600, XFlickrCO, XGQA, MaXM, XVNLI, MaRVL, POPE)}
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (XM3600, XFlickrCO, XGQA, MaXM, XVNLI, MaRVL, POPE, COCOCaptions, VQAv2, CHAIR)
+}
 
 
 def get_task(name: str) -> Task:

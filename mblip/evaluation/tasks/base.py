@@ -118,7 +118,35 @@ def find_annotation_file(data_dir: str | Path, candidates: list[str], what: str)
         tried.append(str(path))
         if path.is_file():
             return path
-    raise FileNotFoundError(f"No {what} annotation file found; looked for: {', '.join(tried)}")
+    raise FileNotFoundError(
+        f"No {what} annotation file found; looked for: {', '.join(tried)}. {describe_folder(data_dir)}"
+    )
+
+
+def describe_folder(folder: Path, limit: int = 20) -> str:
+    """What a folder holds (its first entries, sub-folders marked with /), for error messages about layouts."""
+    if not folder.is_dir():
+        return f"{folder} is not a folder."
+    entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    if not entries:
+        return f"{folder} is empty."
+    shown = [entry.name + ("/" if entry.is_dir() else "") for entry in entries[:limit]]
+    more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
+    return f"{folder} holds: {', '.join(shown)}{more}."
+
+
+def non_empty_references(sentences: list[str], where: str, problems: list[Problem]) -> list[str] | None:
+    """The reference captions that are not blank; None (and an empty_reference Problem) when none is left.
+
+    Some releases hold blank references (IGLUE's German and Indonesian xFlickrCO files have `"sentences": [""]`
+    once each); a blank reference would enter CIDEr as a caption no prediction can match, so the row is skipped
+    and reported instead. Blank references next to real ones are dropped from the row.
+    """
+    kept = [s for s in sentences if s.strip()]
+    if not kept:
+        problems.append(Problem("empty_reference", where, f"no non-blank reference caption in {sentences!r}"))
+        return None
+    return kept
 
 
 def read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[Problem]]:

@@ -1,12 +1,18 @@
 """MaRVL: reasoning over a pair of images in 5 languages, yes/no accuracy.
 
-Annotations: `marvl-<lang>.jsonl` of the MaRVL release (marvl-challenge.github.io; IGLUE
-`datasets/marvl/zero_shot/annotations/`), lines `{"concept", "language", "caption", "left_img", "right_img",
-"label": true|false, "id", ...}`. Images: the MaRVL image release, `<language>/images/<concept>/<file>` under
-`--image_dir` (NFC or NFKD file names both work). Both images go to the model; their queries are concatenated.
+Annotations: `marvl-<lang>.jsonl`, lines `{"concept", "language", "caption", "left_img", "right_img",
+"label": true|false, "id", ...}`, found without flags in each layout the downloads have:
+- the marvl-code repository: `data/<lang>/annotations/marvl-<lang>.jsonl` (--data_dir the repository or its `data/`);
+- the Dataverse release: `marvl-annotations/marvl-<lang>.jsonl` (--data_dir the unpacked release);
+- IGLUE: `datasets/marvl/zero_shot/annotations/marvl-<lang>.jsonl` (--data_dir IGLUE, its `datasets/marvl`, ...);
+- or the file itself.
+Images: `<language>/images/<concept>/<file>` under `--image_dir` (the Dataverse `marvl-images/` folder, or a folder
+holding it; NFC or NFKD file names both work). Both images go to the model; their queries are concatenated.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_jsonl, require
 
@@ -34,17 +40,35 @@ class MaRVL(Task):
     hf_task_type = "visual-reasoning"
     hf_task_name = "Visual Reasoning"
     dataset_type = "marvl"
-    annotations_url = "https://github.com/marvl-challenge/marvl-code (or https://github.com/e-bug/iglue datasets/marvl)"
+    annotations_url = (
+        "https://github.com/marvl-challenge/marvl-code (data/<lang>/annotations), the Dataverse release "
+        "(https://doi.org/10.5683/SP3/42VZ4P) or https://github.com/e-bug/iglue (datasets/marvl)"
+    )
     images_url = "MaRVL images: https://marvl-challenge.github.io/download"
 
     def read(self, data_dir, image_dirs, lang, split) -> TaskData:
         name = f"marvl-{lang}.jsonl"
         path = find_annotation_file(
             data_dir,
-            [name, f"zero_shot/annotations/{name}", f"annotations/{name}", f"marvl/zero_shot/annotations/{name}"],
+            [
+                name,
+                f"annotations/{name}",
+                # marvl-code repository
+                f"{lang}/annotations/{name}",
+                f"data/{lang}/annotations/{name}",
+                # Dataverse release
+                f"marvl-annotations/{name}",
+                # IGLUE
+                f"zero_shot/annotations/{name}",
+                f"marvl/zero_shot/annotations/{name}",
+                f"datasets/marvl/zero_shot/annotations/{name}",
+            ],
             f"MaRVL ({lang})",
         )
         rows, problems = read_jsonl(path)
+        # The Dataverse images unpack into marvl-images/, IGLUE's into images/: a folder above them works too.
+        image_dirs = [Path(d) for d in image_dirs]
+        image_dirs += [d / sub for d in image_dirs for sub in ("marvl-images", "images") if (d / sub).is_dir()]
         finder = ImageFinder(image_dirs)
         examples = []
         for number, row in rows:

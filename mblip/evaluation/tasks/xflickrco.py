@@ -2,12 +2,27 @@
 
 Annotations: IGLUE's `datasets/xFlickrCO/annotations/<lang>/test.jsonl`, one JSON object per image:
 `{"sentences": [...], "id": ..., "img_path": "1007129816.jpg" | "COCO_val2014_000000392892.jpg"}`.
+English, split "test" (the default): like the official evaluation, Flickr30k's own 1000 test images with five
+references each, IGLUE's `datasets/flickr30k/annotations/test_ann.jsonl` (same line format), so English CIDEr compares
+with the paper's; split "iglue" selects IGLUE's English xFlickrCO file instead (2000 images, one reference each).
+For the other languages both splits read the xFlickrCO file. Blank references (IGLUE's de and id files have one
+`"sentences": [""]` each) are skipped and reported as `empty_reference`, never scored.
 Images: Flickr30k images and COCO val2014 images; pass both folders: `--image_dir flickr30k-images,val2014`.
 """
 
 from __future__ import annotations
 
-from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_jsonl, require
+from .base import (
+    Example,
+    ImageFinder,
+    Problem,
+    Task,
+    TaskData,
+    find_annotation_file,
+    non_empty_references,
+    read_jsonl,
+    require,
+)
 
 
 XFLICKRCO_LANGUAGE_NAMES = {
@@ -27,6 +42,10 @@ class XFlickrCO(Task):
     title = "xFlickrCO"
     kind = "captioning"
     languages = tuple(sorted(XFLICKRCO_LANGUAGE_NAMES))
+    # "test": the paper's sets (English: Flickr30k's test set, five references); "iglue": IGLUE's file for every
+    # language (English: 2000 images, one reference).
+    splits = ("test", "iglue")
+    default_splits = ("test",)
     prompt = "Caption in {language}: "
     language_names = XFLICKRCO_LANGUAGE_NAMES
     generation = {"num_beams": 5, "max_new_tokens": 50, "min_new_tokens": 1, "length_penalty": 1.0}
@@ -41,15 +60,30 @@ class XFlickrCO(Task):
     )
 
     def read(self, data_dir, image_dirs, lang, split) -> TaskData:
-        path = find_annotation_file(
-            data_dir,
-            [
-                f"annotations/{lang}/{split}.jsonl",
-                f"{lang}/{split}.jsonl",
-                f"xFlickrCO/annotations/{lang}/{split}.jsonl",
-            ],
-            f"xFlickrCO ({lang}, {split})",
-        )
+        if lang == "en" and split == "test":
+            path = find_annotation_file(
+                data_dir,
+                [
+                    "test_ann.jsonl",
+                    "annotations/test_ann.jsonl",
+                    "flickr30k/annotations/test_ann.jsonl",
+                    "../flickr30k/annotations/test_ann.jsonl",  # --data_dir is IGLUE's datasets/xFlickrCO
+                    "datasets/flickr30k/annotations/test_ann.jsonl",
+                ],
+                "Flickr30k test (xFlickrCO English, five references; --split iglue for IGLUE's English file)",
+            )
+        else:
+            name = f"{lang}/test.jsonl"
+            path = find_annotation_file(
+                data_dir,
+                [
+                    f"annotations/{name}",
+                    name,
+                    f"xFlickrCO/annotations/{name}",
+                    f"datasets/xFlickrCO/annotations/{name}",
+                ],
+                f"xFlickrCO ({lang})",
+            )
         rows, problems = read_jsonl(path)
         finder = ImageFinder(image_dirs)
         examples = []
@@ -61,9 +95,10 @@ class XFlickrCO(Task):
             if problem is not None:
                 problems.append(problem)
                 continue
+            references = non_empty_references(row["sentences"], f"{where} ({row['img_path']})", problems)
+            if references is None:
+                continue
             images = finder.resolve(row["img_path"], [row["img_path"]], problems)
             if images is not None:
-                examples.append(
-                    Example(id=row["img_path"], images=images, fields={}, references=list(row["sentences"]))
-                )
+                examples.append(Example(id=row["img_path"], images=images, fields={}, references=references))
         return TaskData(examples, problems, str(path))

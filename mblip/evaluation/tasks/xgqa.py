@@ -2,8 +2,10 @@
 
 Annotations: the xGQA release (github.com/Adapter-Hub/xGQA, also in IGLUE as `datasets/xGQA/annotations`), in GQA's
 question format, a JSON object `{question_id: {"question": ..., "imageId": ..., "answer": ..., ...}}`:
-- split "test" (the paper's): `few_shot/<lang>/test.json`; split "dev": `few_shot/<lang>/dev.json`;
-- split "testdev": `zero_shot/testdev_balanced_questions_<lang>.json`.
+- split "test" (the paper's, the default): `few_shot/<lang>/test.json`; split "dev": `few_shot/<lang>/dev.json`;
+- split "testdev" (GQA's balanced test-dev, translated): `zero_shot/testdev_balanced_questions_<lang>.json`;
+found without flags under the xGQA repository (`data/...`) or IGLUE (`datasets/xGQA/annotations/...`), from either
+repository's root or any folder on the way down.
 Images: GQA's `images/<imageId>.jpg`. Questions are in the target language, answers are English GQA labels.
 """
 
@@ -34,7 +36,9 @@ class XGQA(Task):
             names = [f"zero_shot/testdev_balanced_questions_{lang}.json"]
         else:
             names = [f"few_shot/{lang}/{split}.json"]
-        candidates = [prefix + name for name in names for prefix in ("", "annotations/", "data/", "xGQA/annotations/")]
+        # The xGQA repository keeps them under data/, IGLUE under datasets/xGQA/annotations/.
+        prefixes = ("", "annotations/", "data/", "xGQA/annotations/", "datasets/xGQA/annotations/")
+        candidates = [prefix + name for name in names for prefix in prefixes]
         path = find_annotation_file(data_dir, candidates, f"xGQA ({lang}, {split})")
         questions = read_json(path)
         if not isinstance(questions, dict):
