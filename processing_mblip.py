@@ -4,7 +4,7 @@
 import torch
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import load_image
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs
 from transformers.utils import is_numpy_array, is_vision_available, logging
 
 
@@ -19,12 +19,15 @@ _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 def _high_bit_depth_to_8bit(image) -> "PIL.Image.Image":
+    if image.mode.startswith("I;16"):
+        # First, and without getextrema: PIL has none for big-endian I;16B (it raises "image has wrong mode").
+        return image.convert("I").point(lambda v: v * (1 / 257)).convert("L")  # the 16-bit range onto 8 bits
     high = image.getextrema()[1]
     if image.mode == "F":
         # Float images are taken to be in [0, 1] when they fit, else in [0, 255].
         scale = 255.0 if high <= 1.0 else 1.0
         return image.point(lambda v: v * scale).convert("L")
-    if image.mode.startswith("I;16") or high > 255:
+    if high > 255:
         return image.convert("I").point(lambda v: v * (1 / 257)).convert("L")  # the 16-bit range onto 8 bits
     return image.convert("L")
 
@@ -130,8 +133,14 @@ def _strategy(value):
     return getattr(value, "value", value)
 
 
+class MBlipTextKwargs(TextKwargs, total=False):
+    # Which end of an over-long prompt is cut: "left" keeps its end (the default), "right" keeps its start (the official
+    # mBLIP training code). Not `truncation_side`, which saved tokenizer configs carry and would silently override.
+    prompt_truncation_side: str
+
+
 class MBlipProcessorKwargs(ProcessingKwargs, total=False):
-    pass
+    text_kwargs: MBlipTextKwargs
 
 
 class MBlipProcessor(ProcessorMixin):
@@ -144,8 +153,9 @@ class MBlipProcessor(ProcessorMixin):
         is_encoder_decoder (`bool`): the LLM family this processor serves; saved with it, never guessed.
             Use `MBlipProcessor.for_model_config(config, ...)` to take it from an `MBlipConfig`.
         max_length (`int`, *optional*): the most tokens a prompt (and, separately, a target) may have. Longer
-            prompts and targets are **truncated** (prompts keep their end, where the question is; targets keep their
-            start) and a warning says how many were cut. `None` means the tokenizer's `model_max_length` when that is
+            prompts and targets are **truncated** (prompts keep their end, where the question is, unless called with
+            `prompt_truncation_side="right"`; targets keep their start; tokens the tokenizer adds, such as T5's EOS,
+            are always kept) and a warning says how many were cut. `None` means the tokenizer's `model_max_length` when that is
             a real limit, else no limit. A call's `max_length=` / `truncation=` override it.
         chat_template (`str`, *optional*): defaults to mBLIP's, which turns one user turn into the plain prompt.
 
@@ -234,6 +244,9 @@ class MBlipProcessor(ProcessorMixin):
             )
         if padding == "max_length" and max_length is None:
             raise ValueError("padding='max_length' needs max_length= (the processor and tokenizer set no limit)")
+        prompt_side = text_kwargs.get("prompt_truncation_side") or "left"
+        if prompt_side not in ("left", "right"):
+            raise ValueError(f"prompt_truncation_side={prompt_side!r}: expected 'left' (keep the end) or 'right'")
         multiple = text_kwargs.get("pad_to_multiple_of")
         if multiple is not None and (not isinstance(multiple, int) or multiple < 1):
             raise ValueError(f"pad_to_multiple_of must be a positive int, got {multiple!r}")
@@ -244,6 +257,7 @@ class MBlipProcessor(ProcessorMixin):
             "max_length": None if truncation in _NO_TRUNCATION else max_length,
             "pad_length": max_length,
             "pad_to_multiple_of": multiple,
+            "prompt_keep": "end" if prompt_side == "left" else "start",
             "return_attention_mask": text_kwargs.get("return_attention_mask", True) is not False,
         }
 
@@ -256,13 +270,27 @@ class MBlipProcessor(ProcessorMixin):
     def _tokenize(self, texts, add_special_tokens: bool, limit: int | None, keep: str, what: str) -> list[list[int]]:
         ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
         if limit is not None:
-            too_long = [len(x) for x in ids if len(x) > limit]
+            too_long = [i for i, x in enumerate(ids) if len(x) > limit]
             if too_long:
                 logger.warning(
-                    f"Truncated {len(too_long)} of {len(ids)} {what}s to {limit} tokens (longest: {max(too_long)})."
+                    f"Truncated {len(too_long)} of {len(ids)} {what}s to {limit} tokens "
+                    f"(longest: {max(len(ids[i]) for i in too_long)})."
                 )
-                ids = [x if len(x) <= limit else (x[-limit:] if keep == "end" else x[:limit]) for x in ids]
+                plain = self.tokenizer([texts[i] for i in too_long], add_special_tokens=False)["input_ids"]
+                for i, body in zip(too_long, plain):
+                    ids[i] = self._truncate(ids[i], body, limit, keep)
         return ids
+
+    @staticmethod
+    def _truncate(ids: list[int], body: list[int], limit: int, keep: str) -> list[int]:
+        """`ids` cut to `limit` tokens from the text's `body` (its ids without special tokens), keeping the tokens the
+        tokenizer added around it (T5's EOS, Llama's BOS), as the tokenizer's own truncation does."""
+        added = len(ids) - len(body)
+        start = next((s for s in range(added + 1) if ids[s : s + len(body)] == body), None)
+        if start is None or added >= limit:  # the body is not found verbatim: cut the sequence as it is
+            return ids[-limit:] if keep == "end" else ids[:limit]
+        prefix, suffix, room = ids[:start], ids[start + len(body) :], limit - added
+        return prefix + (body[-room:] if keep == "end" else body[:room]) + suffix
 
     @staticmethod
     def _pad(sequences: list[list[int]], value: int, side: str, width: int | None) -> list[list[int]]:
@@ -294,7 +322,9 @@ class MBlipProcessor(ProcessorMixin):
     def _encode_text(self, prompts: list[str], targets: list[str] | None, options: dict) -> dict:
         pad_id = self.tokenizer.pad_token_id
         limit, side = options["max_length"], self._padding_side
-        prompt_ids = self._tokenize(prompts, options["add_special_tokens"], limit, keep="end", what="prompt")
+        prompt_ids = self._tokenize(
+            prompts, options["add_special_tokens"], limit, keep=options["prompt_keep"], what="prompt"
+        )
         if self.is_encoder_decoder:
             encoded = {"input_ids": prompt_ids}
             if targets is not None:
@@ -354,7 +384,8 @@ class MBlipProcessor(ProcessorMixin):
             text_target (`str` or `list[str]`, *optional*): the targets, for training.
             kwargs: processor keywords as for any transformers processor, flat or grouped (`text_kwargs={...}`,
                 `images_kwargs={...}`). Text: `padding` (True/"longest", the default; "max_length"; False),
-                `truncation` (on by default when a limit is known), `max_length`, `add_special_tokens`,
+                `truncation` (on by default when a limit is known), `max_length`, `prompt_truncation_side`
+                ("left", the default, keeps a long prompt's end; "right" its start), `add_special_tokens`,
                 `pad_to_multiple_of`, `return_attention_mask`. Images: the image processor's keywords (`size`,
                 `do_normalize`, ...). `return_tensors`: "pt" (the default), "np" or None (lists).
 

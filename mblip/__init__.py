@@ -5,9 +5,9 @@ root, because every model repository ships them there; this package holds them a
 ``mblip.modeling_mblip`` is their one import name (they import each other with relative imports, as the Hub loader
 requires) and a built wheel carries their contents.
 
-Modules: ``hub`` (model repositories and cards), ``convert`` (conversion and parts assembly), ``training``
-(re-alignment), ``predict`` and ``app`` (inference), ``data`` (the task-mix builder), ``evaluation`` (benchmarks and
-metrics), ``bench`` (performance comparisons), ``demo`` (the offline demo and tiny models).
+Modules: ``hub`` (model repositories), ``cards`` (model cards), ``convert`` (conversion and parts assembly),
+``training`` (re-alignment), ``predict`` and ``app`` (inference), ``data`` (the task-mix builder), ``evaluation``
+(benchmarks and metrics), ``bench`` (performance comparisons), ``demo`` (the offline demo and tiny models).
 """
 
 # Local Auto-class registration: inside this repository, AutoConfig / AutoModelForImageTextToText / AutoProcessor

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
 
+from mblip.arguments import MBlipArgumentParser  # noqa: E402
+from mblip.images import ImageDecodeError, open_image  # noqa: E402
+from mblip.loading import DTYPE_HELP, DTYPES  # noqa: E402
 from mblip.predict import (  # noqa: E402
     CAPTION_TEMPLATE,
     DEFAULT_MODEL,
-    DTYPES,
     LANGUAGES,
     QUESTION_TEMPLATE,
-    HelpFormatter,
     PredictError,
     generate_texts,
     load_model,
@@ -58,6 +58,11 @@ def answer(
         raise gr.Error("Upload an image first.")
     if not prompt or not prompt.strip():
         raise gr.Error("The prompt is empty: pick a language or type a prompt.")
+    try:
+        # The upload as predict.py would read the file: fully decoded, upright, within the pixel limit.
+        image = open_image(image)
+    except ImageDecodeError as err:
+        raise gr.Error(f"The image cannot be used: {err.reason}") from None
     kwargs = dict(max_new_tokens=int(max_new_tokens), num_beams=int(num_beams), do_sample=bool(do_sample))
     if do_sample:
         kwargs.update(temperature=float(temperature), top_p=float(top_p))
@@ -127,9 +132,7 @@ class AppArguments:
     )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on; 0.0.0.0 for every interface."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
-    dtype: str = field(
-        default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; auto keeps the checkpoint's."}
-    )
+    dtype: str = field(default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; {DTYPE_HELP}."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 8 bits with bitsandbytes."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 4-bit NF4 with bitsandbytes."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu, ... Default: cuda if available."})
@@ -146,9 +149,9 @@ class AppArguments:
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's requests to itself are not news
-    parser = HfArgumentParser(AppArguments, description=__doc__, formatter_class=HelpFormatter)
+    parser = MBlipArgumentParser(AppArguments, description=__doc__)
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        (args,) = parser.parse_command_line(argv)  # flags, or one .json/.yaml file followed by overriding flags
         pair = load_model(args.model, args.dtype, args.load_in_8bit, args.load_in_4bit, args.device)
     except (PredictError, ValueError) as err:
         parser.exit(2, f"app.py: error: {err}\n")

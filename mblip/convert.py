@@ -3,7 +3,8 @@ r"""Released checkpoints and parts in, Hub-ready mBLIP model repositories out.
     # A transformers BLIP-2 checkpoint (the format the official mBLIP weights were released in) -> mBLIP repository
     python convert_mblip.py --from_blip2 Gregor/mblip-mt0-xl --output_dir mblip-mt0-xl
 
-    # The paper's re-alignment starting point: BLIP-2's ViT + Q-Former, a multilingual LLM, a fresh projection
+    # The paper's re-alignment starting point: BLIP-2's ViT + Q-Former, a multilingual LLM, and BLIP-2's projection
+    # when it maps into the LLM's hidden size (--projection_init auto; blip2 or random force either)
     python convert_mblip.py --vision_model Salesforce/blip2-flan-t5-xl --language_model bigscience/mt0-xl \
         --output_dir mblip-mt0-xl-init
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from huggingface_hub import ModelCard
 from torch import nn
 from transformers import (
     AddedToken,
@@ -32,11 +34,13 @@ from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
     Blip2Processor,
-    HfArgumentParser,
 )
 
+from mblip.arguments import MBlipArgumentParser
+from mblip.cards import model_card
 from mblip.configuration_mblip import MBlipConfig
-from mblip.hub import DEFAULT_MAX_SHARD_SIZE, atomic_directory, model_card, save_model_repository
+from mblip.hub import DEFAULT_MAX_SHARD_SIZE, atomic_directory, remove_loading_keys, save_model_repository
+from mblip.loading import DTYPE_HELP, DTYPES, resolve_dtype
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
 
@@ -44,7 +48,8 @@ from mblip.processing_mblip import MBlipProcessor
 logger = logging.getLogger("convert_mblip")
 
 VISION_STACK_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROJECTION_PREFIX = "language_projection."
+PROJECTION_INITS = ("auto", "blip2", "random")
 
 
 class ConversionError(Exception):
@@ -64,7 +69,7 @@ def resolve_source(src: str, what: str) -> Path:
     try:
         return Path(
             snapshot_download(
-                src, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bin", "*.tiktoken"]
+                src, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.bin", "*.tiktoken", "README.md"]
             )
         )
     except Exception as err:  # the hub client raises many types (offline, not found, auth)
@@ -140,10 +145,6 @@ def load_processor_parts(path: Path, what: str):
     return image_processor, tokenizer
 
 
-def torch_dtype(name: str):
-    return DTYPES[name]
-
-
 # ---------------------------------------------------------------------------------------------------- conversions
 def from_blip2(src: str, dtype: str = "auto"):
     """A transformers BLIP-2 checkpoint as an mBLIP model and processor (same weights, key for key)."""
@@ -159,8 +160,9 @@ def from_blip2(src: str, dtype: str = "auto"):
         shapes = MBlipForConditionalGeneration(config)
     check_shapes(shapes, read_shapes(path), f"--from_blip2 source {src!r}")
     del shapes
+    # Conversion runs on the CPU, so --dtype auto resolves to float32 (mblip/loading.py), whatever the machine.
     model, info = MBlipForConditionalGeneration.from_pretrained(
-        str(path), config=config, dtype=torch_dtype(dtype), output_loading_info=True
+        str(path), config=config, dtype=resolve_dtype(dtype, "cpu"), output_loading_info=True
     )
     if info["missing_keys"]:
         raise ConversionError(
@@ -191,11 +193,16 @@ def read_shapes(path: Path) -> dict[str, torch.Tensor]:
     return shapes
 
 
-def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: int = 0):
-    """The paper's starting point: BLIP-2's ViT, Q-Former and queries, an unchanged LLM, a fresh projection.
+def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: int = 0, projection_init: str = "auto"):
+    """The paper's starting point: BLIP-2's ViT, Q-Former and queries, an unchanged LLM, and a projection between them.
 
-    The BLIP-2 checkpoint's own LLM is never loaded: only its vision-stack tensors are read.
+    `projection_init`: "auto" starts from the BLIP-2 checkpoint's own projection when it maps into the LLM's hidden size
+    (the official mT0-XL run copies BLIP-2 Flan-T5-XL's 768 -> 2048 one), else from a fresh one (BLOOMZ-7B's 4096 does
+    not fit); "blip2" requires the checkpoint's; "random" always starts fresh (seeded by `seed`). The BLIP-2
+    checkpoint's own LLM is never loaded: only its vision-stack and projection tensors are read.
     """
+    if projection_init not in PROJECTION_INITS:
+        raise ConversionError(f"projection_init must be one of {PROJECTION_INITS}, got {projection_init!r}")
     vision_path = resolve_source(vision_src, "--vision_model")
     language_path = resolve_source(language_src, "--language_model")
     blip2_dict = read_config_dict(vision_path, "--vision_model")
@@ -214,7 +221,13 @@ def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: in
         num_query_tokens=blip2_dict.get("num_query_tokens", 32),
     )
 
-    vision_tensors = read_tensors(vision_path, VISION_STACK_PREFIXES, "--vision_model")
+    wanted = VISION_STACK_PREFIXES + (() if projection_init == "random" else (PROJECTION_PREFIX,))
+    vision_tensors = read_tensors(vision_path, wanted, "--vision_model")
+    blip2_projection = {
+        k[len(PROJECTION_PREFIX) :]: vision_tensors.pop(k)
+        for k in list(vision_tensors)
+        if k.startswith(PROJECTION_PREFIX)
+    }
     with torch.device("meta"):
         model = MBlipForConditionalGeneration(config)
     check_shapes(model, vision_tensors, f"--vision_model {vision_src!r}")
@@ -224,22 +237,43 @@ def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: in
         raise ConversionError(
             f"--vision_model {vision_src!r} lacks {len(missing)} vision-stack weights, e.g. {missing[:5]}"
         )
-    if dtype != "auto":
-        vision_tensors = {k: v.to(DTYPES[dtype]) for k, v in vision_tensors.items()}
+    vision_tensors = {k: v.to(resolve_dtype(dtype, "cpu")) for k, v in vision_tensors.items()}
     model.load_state_dict(vision_tensors, strict=False, assign=True)
     del vision_tensors
 
     llm_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model.language_model = llm_class.from_pretrained(str(language_path), dtype=torch_dtype(dtype))
+    model.language_model = llm_class.from_pretrained(str(language_path), dtype=resolve_dtype(dtype, "cpu"))
 
-    # A fresh projection from the Q-Former's width into the LLM's embedding space, in the LLM's dtype.
+    # The projection from the Q-Former's width into the LLM's embedding space, in the LLM's dtype.
     llm_dtype = model.language_model.get_input_embeddings().weight.dtype
-    generator = torch.Generator().manual_seed(seed)
     projection = nn.Linear(config.qformer_config.hidden_size, config.text_config.hidden_size, dtype=torch.float32)
+    shape = tuple(projection.weight.shape)
+    seen = tuple(blip2_projection["weight"].shape) if "weight" in blip2_projection else None
+    fits = seen == shape and tuple(blip2_projection.get("bias", torch.empty(0)).shape) == shape[:1]
+    if projection_init == "blip2" and not fits:
+        raise ConversionError(
+            f"projection_init='blip2', but --vision_model {vision_src!r} has "
+            + (f"a projection of shape {seen}" if seen else "no language_projection")
+            + f" and this LLM needs {shape} (Q-Former width {shape[1]} -> LLM hidden size {shape[0]})"
+        )
     with torch.no_grad():
-        projection.weight.normal_(0.0, config.initializer_range, generator=generator)
-        projection.bias.zero_()
+        if projection_init != "random" and fits:
+            projection.weight.copy_(blip2_projection["weight"])
+            projection.bias.copy_(blip2_projection["bias"])
+            logger.info("Projection: BLIP-2's own %s -> %s projection from %s", shape[1], shape[0], vision_src)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            projection.weight.normal_(0.0, config.initializer_range, generator=generator)
+            projection.bias.zero_()
+            logger.info(
+                "Projection: fresh (seed %d); %s",
+                seed,
+                "projection_init='random'"
+                if projection_init == "random"
+                else f"BLIP-2's maps to {seen[0] if seen else 'nothing'}, the LLM needs {shape[0]}",
+            )
     model.language_projection = projection.to(llm_dtype)
+    model.projection_source = "blip2" if projection_init != "random" and fits else "random"  # for the card; not saved
     still_meta = [name for name, p in model.named_parameters() if p.is_meta]
     assert not still_meta, f"parts left unassigned: {still_meta[:5]}"
 
@@ -252,8 +286,16 @@ def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: in
     return model.eval(), processor
 
 
-def to_blip2(src: str, output_dir: str, max_shard_size=DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False) -> Path:
-    """An mBLIP repository as plain transformers BLIP-2 (transformers 5 format, no remote code)."""
+def to_blip2(
+    src: str,
+    output_dir: str,
+    max_shard_size=DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    license: str | None = None,
+    hub_model_id: str | None = None,
+) -> Path:
+    """An mBLIP repository as plain transformers BLIP-2 (transformers 5 format, no remote code); its card states
+    `license`, or by default the source's (mblip/cards.py)."""
     path = resolve_source(src, "--to_blip2 source")
     config_dict = read_config_dict(path, "--to_blip2 source")
     if config_dict.get("model_type") != "mblip":
@@ -299,15 +341,25 @@ def to_blip2(src: str, output_dir: str, max_shard_size=DEFAULT_MAX_SHARD_SIZE, o
             f"{model.config.num_query_tokens} `<image>` placeholder tokens in front of each prompt."
         ),
         base_models=[src],
-    ).replace('from_pretrained("org/mblip-model", trust_remote_code=True)', 'from_pretrained("org/mblip-model")')
+        license=license,
+        repo_id=hub_model_id or f"org/{Path(output_dir).name}",
+        remote_code=False,
+        chat_template=False,
+    )
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
         blip2.save_pretrained(tmp, max_shard_size=max_shard_size)
         blip2_processor.save_pretrained(tmp)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        remove_loading_keys(tmp)
+        card.save(tmp / "README.md")
     return Path(output_dir)
 
 
-def card_for(args, model: MBlipForConditionalGeneration) -> str:
+def card_repo_id(args) -> str:
+    """The Hub id the card's snippets name: --hub_model_id, else a placeholder namespace and the output folder's name."""
+    return args.hub_model_id or f"org/{Path(args.output_dir).name}"
+
+
+def card_for(args, model: MBlipForConditionalGeneration) -> ModelCard:
     family = "encoder-decoder" if model.config.is_encoder_decoder else "decoder-only"
     llm = model.config.text_config.model_type
     if args.from_blip2:
@@ -319,15 +371,24 @@ def card_for(args, model: MBlipForConditionalGeneration) -> str:
                 "Vision-LLMs*). Prompts need no image placeholder tokens."
             ),
             base_models=[args.from_blip2],
+            license=args.license,
+            repo_id=card_repo_id(args),
         )
     return model_card(
         title=f"mBLIP starting point: {Path(args.vision_model).name} + {Path(args.language_model).name}",
         description=(
             f"The re-alignment starting point of mBLIP: the ViT, Q-Former and query tokens of `{args.vision_model}`, "
-            f"the {family} LLM `{args.language_model}` unchanged, and a freshly initialised linear projection between "
-            "them. Not trained yet: re-align it with `accelerate launch train_mblip.py --model_name_or_path ...`."
+            f"the {family} LLM `{args.language_model}` unchanged, and "
+            + (
+                f"the linear projection of `{args.vision_model}` between them (it maps into the LLM's hidden size)."
+                if getattr(model, "projection_source", None) == "blip2"
+                else "a freshly initialised linear projection between them."
+            )
+            + " Not trained yet: re-align it with `accelerate launch train_mblip.py --model_name_or_path ...`."
         ),
         base_models=[args.vision_model, args.language_model],
+        license=args.license,
+        repo_id=card_repo_id(args),
     )
 
 
@@ -346,11 +407,38 @@ class ConvertArguments:
         default=None, metadata={"help": "An mBLIP repository to export in plain transformers BLIP-2 format."}
     )
     dtype: str = field(
-        default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; auto keeps each checkpoint's."}
+        default="auto",
+        metadata={
+            "help": f"Weights' dtype, one of {sorted(DTYPES)}; {DTYPE_HELP}: float32 here, where conversion runs "
+            "on the CPU."
+        },
     )
     max_shard_size: str = field(default=DEFAULT_MAX_SHARD_SIZE, metadata={"help": "Largest safetensors shard."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing, non-empty output_dir."})
     seed: int = field(default=0, metadata={"help": "Seed of the fresh projection (parts mode)."})
+    projection_init: str = field(
+        default="auto",
+        metadata={
+            "help": f"Parts mode, one of {PROJECTION_INITS}: auto takes --vision_model's own projection when it maps "
+            "into the LLM's hidden size (as the official mT0-XL run did), else a fresh one; blip2 requires it; "
+            "random is always fresh."
+        },
+    )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "The model card's licence (a Hub licence id, e.g. mit). Default: the base models' own, from their "
+            "cards, or known for the usual checkpoints (Salesforce/blip2-flan-t5-xl, bigscience/mt0-xl, "
+            "bigscience/bloomz-7b1, Gregor/mblip-*); 'other' (with a warning) when unknown."
+        },
+    )
+
+    hub_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The Hub id the model card's snippets load from (org/name). Default: org/ and the output_dir's name."
+        },
+    )
 
     def __post_init__(self):
         modes = [bool(self.from_blip2), bool(self.vision_model or self.language_model), bool(self.to_blip2)]
@@ -367,15 +455,21 @@ class ConvertArguments:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.projection_init not in PROJECTION_INITS:
+            raise ValueError(f"--projection_init must be one of {PROJECTION_INITS}, got {self.projection_init!r}")
 
 
 def convert(args: ConvertArguments) -> Path:
     if args.to_blip2:
-        return to_blip2(args.to_blip2, args.output_dir, args.max_shard_size, args.overwrite)
+        return to_blip2(
+            args.to_blip2, args.output_dir, args.max_shard_size, args.overwrite, args.license, args.hub_model_id
+        )
     if args.from_blip2:
         model, processor = from_blip2(args.from_blip2, args.dtype)
     else:
-        model, processor = from_parts(args.vision_model, args.language_model, args.dtype, args.seed)
+        model, processor = from_parts(
+            args.vision_model, args.language_model, args.dtype, args.seed, projection_init=args.projection_init
+        )
     return save_model_repository(
         model, processor, args.output_dir, card_for(args, model), args.max_shard_size, args.overwrite
     )
@@ -383,16 +477,9 @@ def convert(args: ConvertArguments) -> Path:
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser(ConvertArguments)
+    parser = MBlipArgumentParser(ConvertArguments, description=__doc__)
     try:
-        if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-            (args,) = (
-                parser.parse_yaml_file(sys.argv[1])
-                if sys.argv[1].endswith(("yaml", "yml"))
-                else parser.parse_json_file(sys.argv[1])
-            )
-        else:
-            (args,) = parser.parse_args_into_dataclasses(args=argv)
+        (args,) = parser.parse_command_line(argv)  # flags, or one .json/.yaml file followed by overriding flags
         output = convert(args)
     except (ConversionError, ValueError, FileExistsError) as err:
         parser.exit(2, f"convert_mblip.py: error: {err}\n")

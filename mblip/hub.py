@@ -1,17 +1,21 @@
 """Model repositories: what convert_mblip.py and train_mblip.py write, written one way.
 
 A model repository folder holds config.json with `auto_map`, safetensors weights (sharded when large), the three
-remote-code files, the processor and tokenizer files, and a README.md model card. It is written into a temporary
-sibling folder and renamed into place at the end, so a killed job never leaves a folder that looks complete.
+remote-code files, the processor and tokenizer files, and a README.md model card (built by mblip/cards.py). It is
+written into a temporary sibling folder and renamed into place at the end, so a killed job never leaves a folder that
+looks complete. Loading-time keys (`is_local`, `local_files_only`, ...) that transformers keeps from `from_pretrained`
+are removed from the saved JSON files: a repository records what the model is, not how it was once loaded.
 """
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from huggingface_hub import ModelCard
 from transformers.dynamic_module_utils import custom_object_save
 
 from .configuration_mblip import MBlipConfig
@@ -19,7 +23,29 @@ from .modeling_mblip import MBlipForConditionalGeneration
 from .processing_mblip import MBlipProcessor
 
 
+logger = logging.getLogger(__name__)
+
+
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+# Arguments of from_pretrained that tokenizers and processors keep in their init kwargs and would save again.
+LOADING_KEYS = frozenset(
+    {
+        "is_local",
+        "local_files_only",
+        "cache_dir",
+        "force_download",
+        "resume_download",
+        "proxies",
+        "token",
+        "use_auth_token",
+        "revision",
+        "subfolder",
+        "trust_remote_code",
+        "_commit_hash",
+        "_from_auto",
+        "_from_pipeline",
+    }
+)
 
 
 def register_auto_classes():
@@ -29,6 +55,32 @@ def register_auto_classes():
     MBlipProcessor.register_for_auto_class()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_directories(output_dir: str | os.PathLike) -> list[Path]:
+    """Deletes the hidden temporaries a killed `atomic_directory` left beside `output_dir` (full-size copies of a
+    model) and logs each; those of a process still running are kept. Returns what was removed."""
+    output_dir = Path(output_dir)
+    removed = []
+    for kind in ("incomplete", "old"):
+        for stale in sorted(output_dir.parent.glob(f".{output_dir.name}.{kind}-*")):
+            pid = stale.name[len(f".{output_dir.name}.{kind}-") :].split("-")[0]
+            if not stale.is_dir() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+            logger.warning("Removed %s, left behind by an interrupted write of %s", stale, output_dir)
+            removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     """Yields a temporary folder beside `output_dir` that becomes `output_dir` only if the block completes."""
@@ -36,7 +88,8 @@ def atomic_directory(output_dir: str | os.PathLike, overwrite: bool = False):
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.incomplete-", dir=output_dir.parent))
+    remove_stale_directories(output_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.incomplete-{os.getpid()}-", dir=output_dir.parent))
     try:
         yield tmp
         if output_dir.exists():
@@ -55,7 +108,7 @@ def write_model_repository(
     model: MBlipForConditionalGeneration,
     processor: MBlipProcessor,
     folder: str | os.PathLike,
-    model_card: str,
+    card: ModelCard,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     extra_files: dict[str, str] | None = None,
 ):
@@ -69,23 +122,48 @@ def write_model_repository(
     MBlipForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     processor.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card, encoding="utf-8")
+    remove_loading_keys(folder)
+    card.save(folder / "README.md")
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text, encoding="utf-8")
+
+
+def remove_loading_keys(folder: str | os.PathLike) -> list[str]:
+    """Drops `LOADING_KEYS` from the JSON files transformers saved in `folder` (not from the tokenizer's own
+    tokenizer.json, nor from weight indexes); returns the files changed."""
+    changed = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name == "tokenizer.json" or path.name.endswith(".index.json"):
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if _drop_keys(data):
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(path.name)
+    return changed
+
+
+def _drop_keys(data) -> bool:
+    if not isinstance(data, dict):
+        return False
+    found = [key for key in data if key in LOADING_KEYS]
+    for key in found:
+        del data[key]
+    nested = [_drop_keys(value) for value in data.values()]
+    return bool(found) or any(nested)
 
 
 def save_model_repository(
     model: MBlipForConditionalGeneration,
     processor: MBlipProcessor,
     output_dir: str | os.PathLike,
-    model_card: str,
+    card: ModelCard,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Writes a complete, Hub-ready mBLIP model repository atomically and returns its path."""
     with atomic_directory(output_dir, overwrite=overwrite) as tmp:
-        write_model_repository(model, processor, tmp, model_card, max_shard_size, extra_files)
+        write_model_repository(model, processor, tmp, card, max_shard_size, extra_files)
     return Path(output_dir)
 
 
@@ -100,67 +178,3 @@ def move_into(source: str | os.PathLike, destination: str | os.PathLike, last: s
             shutil.rmtree(target)
         os.replace(source / name, target)
     source.rmdir()
-
-
-def model_card(
-    title: str,
-    description: str,
-    base_models: list[str],
-    languages: list[str] | None = None,
-    license: str = "mit",
-    repo_id: str = "org/mblip-model",
-    sections: dict[str, str] | None = None,
-    model_index: str | None = None,
-) -> str:
-    """A model card with YAML metadata (license, languages, pipeline tag, base models) and a usage snippet."""
-    lines = ["---", f"license: {license}", "library_name: transformers", "pipeline_tag: image-text-to-text"]
-    if languages:
-        lines.append("language:")
-        lines += [f"- {json.dumps(code)}" for code in languages]  # quoted: YAML 1.1 reads a bare `no` as false
-    if base_models:
-        lines.append("base_model:")
-        lines += [f"- {json.dumps(name)}" for name in base_models]  # a local path may hold ": "
-    lines += [
-        "tags:",
-        "- mblip",
-        "- multilingual",
-        "- vision-language",
-        "- image-captioning",
-        "- visual-question-answering",
-    ]
-    if model_index:
-        lines.append(model_index.rstrip())
-    lines.append("---")
-    body = [
-        f"# {title}",
-        "",
-        description.strip(),
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import torch",
-        "from PIL import Image",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)',
-        "",
-        'image = Image.open("example.jpg")',
-        'inputs = processor(images=image, text="Caption the image in German.", return_tensors="pt")',
-        "with torch.no_grad():",
-        "    output = model.generate(**inputs, max_new_tokens=30, num_beams=5)",
-        "print(processor.batch_decode(output, skip_special_tokens=True)[0])",
-        "```",
-        "",
-        "Only the language model is quantized when a bitsandbytes config is passed:",
-        "",
-        "```python",
-        "from transformers import BitsAndBytesConfig",
-        f'model = AutoModelForImageTextToText.from_pretrained("{repo_id}", trust_remote_code=True,',
-        "    quantization_config=BitsAndBytesConfig(load_in_8bit=True))",
-        "```",
-    ]
-    for heading, text in (sections or {}).items():
-        body += ["", f"## {heading}", "", text.strip()]
-    return "\n".join(lines + [""] + body) + "\n"

@@ -17,20 +17,23 @@ r"""Images (a list, a folder, or a JSONL file of image/prompt pairs) plus a prom
 is {"image": path, "prompt": prompt, "text": generated text}, one JSON object per line, in input order (a folder is
 read in sorted path order; --recursive descends into subfolders).
 
-Output and resume: rows are appended to OUTPUT.partial as each batch finishes, and OUTPUT.partial is renamed to
-OUTPUT when the run completes, so OUTPUT only ever holds a finished run. Rerunning the same command after a crash or
-Ctrl-C resumes from OUTPUT.partial: (image, prompt) pairs already there are skipped. An existing OUTPUT is never
-replaced unless --overwrite, which also discards a partial file.
+Output and resume (mblip/outputs.py): rows are appended to OUTPUT.partial as each batch finishes, and OUTPUT.partial
+is renamed to OUTPUT when the run completes, so OUTPUT only ever holds a finished run. Rerunning the same command
+after a crash or Ctrl-C resumes from OUTPUT.partial: (image, prompt) pairs already there are skipped, and a last line
+cut by the kill is dropped and predicted again. OUTPUT.settings.json (beside it) records the job: the model (its
+config and weight files), dtype and quantization, the decoding settings and the list of (image, prompt) pairs; a
+partial file of another job is refused with the differences. An existing OUTPUT is never replaced unless
+--overwrite, which also discards a partial file.
 
 Unreadable images (corrupt or truncated files, files PIL cannot decode, --prompts_file rows naming missing files)
 are skipped, counted and named in the log; they are never replaced by blank images. When more than
---max_unreadable_fraction of all the images (resumed ones included) were unreadable, the run exits with status 1
+--max_bad_rows of all the images (resumed ones included) were unreadable, the run exits with status 1
 and its output stays in OUTPUT.partial, so that rerunning with the files fixed (or with a higher threshold) only
 does what is left. Files in --image_dir without an image extension (notes.txt) are not images: they are counted
 and named, and do not count as unreadable; hidden files (.DS_Store) are ignored. A missing --images file is an error.
 """
 
-import argparse
+import hashlib
 import json
 import logging
 import os
@@ -40,11 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, BitsAndBytesConfig, HfArgumentParser, set_seed
+from transformers import set_seed
 
+from mblip.arguments import MBlipArgumentParser
+from mblip.bad_rows import BadRows, check_threshold
 from mblip.data.languages import LANGUAGES as LANGUAGE_TABLE
 from mblip.data.languages import get_language
+from mblip.images import ImageDecodeError, open_image
+from mblip.loading import DTYPE_HELP, DTYPES, load_for_inference
 from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.outputs import ResumableJsonl, model_identity
 from mblip.processing_mblip import MBlipProcessor
 
 
@@ -54,7 +62,6 @@ DEFAULT_MODEL = "outputs/demo/mblip"
 CAPTION_TEMPLATE = "Caption the image in {language}."
 QUESTION_TEMPLATE = "Question: {question} Short answer in {language}:"  # the paper's VQA prompt (xGQA, MaXM)
 DEFAULT_PROMPT = CAPTION_TEMPLATE.format(language="English")
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # mBLIP's 95 training languages plus English, code -> the English name its prompts use (data/languages.py's table).
 LANGUAGES = {language.code: language.name for language in LANGUAGE_TABLE}
@@ -124,15 +131,16 @@ class PredictArguments:
     length_penalty: float = field(default=1.0, metadata={"help": "Beam-search length penalty (<0 favours short)."})
     repetition_penalty: float = field(default=1.0, metadata={"help": "> 1 discourages repeated tokens."})
     seed: int = field(default=42, metadata={"help": "Random seed (matters for --do_sample)."})
-    dtype: str = field(
-        default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; auto keeps the checkpoint's."}
-    )
+    dtype: str = field(default="auto", metadata={"help": f"Weights' dtype, one of {sorted(DTYPES)}; {DTYPE_HELP}."})
     load_in_8bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 8 bits with bitsandbytes."})
     load_in_4bit: bool = field(default=False, metadata={"help": "Quantize the LLM to 4-bit NF4 with bitsandbytes."})
     device: str | None = field(default=None, metadata={"help": "cuda, cuda:1, cpu, ... Default: cuda if available."})
-    max_unreadable_fraction: float = field(
+    max_bad_rows: float = field(
         default=0.1,
-        metadata={"help": "Exit with status 1 when more than this fraction of the images could not be read."},
+        metadata={
+            "help": "Exit with status 1 when more than this fraction of the images could not be read.",
+            "aliases": ["--max_unreadable_fraction"],  # its name before 0.3, deprecated
+        },
     )
 
     def __post_init__(self):
@@ -170,8 +178,7 @@ class PredictArguments:
             raise ValueError("Pass --load_in_8bit or --load_in_4bit, not both")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not 0 <= self.max_unreadable_fraction <= 1:
-            raise ValueError(f"--max_unreadable_fraction must be in [0, 1], got {self.max_unreadable_fraction}")
+        check_threshold(self.max_bad_rows)
         if self.overwrite and not self.output:
             raise ValueError("--overwrite only applies to --output")
         if self.output and Path(self.output).is_dir():
@@ -212,27 +219,6 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def choose_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise PredictError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise PredictError(f"--device {device!r} was asked for but CUDA is not available here")
-    return chosen
-
-
-def quantization_config(load_in_8bit: bool, load_in_4bit: bool, dtype: str, device: torch.device):
-    if load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if load_in_4bit:
-        compute = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-    return None
-
-
 def load_model(
     model: str = DEFAULT_MODEL,
     dtype: str = "auto",
@@ -240,29 +226,8 @@ def load_model(
     load_in_4bit: bool = False,
     device: str | None = None,
 ) -> tuple[MBlipForConditionalGeneration, MBlipProcessor]:
-    """The model (eval mode, on its device) and processor of an mBLIP folder or Hub id; user errors are one line."""
-    source = resolve_model(model)
-    target = choose_device(device)
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as err:  # the hub client raises these for offline, unknown and malformed ids
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PredictError(f"--model {model!r} is neither a model folder nor a reachable Hub id ({reason})") from None
-    if config.model_type != "mblip":
-        hint = (
-            " (convert it: python convert_mblip.py --from_blip2 SRC --output_dir DIR)"
-            if config.model_type == "blip-2"
-            else ""
-        )
-        raise PredictError(f"--model {model!r} has model_type {config.model_type!r}; expected 'mblip'{hint}")
-    loaded = MBlipForConditionalGeneration.from_pretrained(
-        source,
-        dtype=DTYPES[dtype],
-        quantization_config=quantization_config(load_in_8bit, load_in_4bit, dtype, target),
-        device_map={"": target},  # one device, so that bitsandbytes quantizes straight onto it
-    )
-    processor = MBlipProcessor.from_pretrained(source)
-    return loaded.eval(), processor
+    """mblip.loading.load_for_inference, after resolve_model's hint for the missing demo model."""
+    return load_for_inference(resolve_model(model), dtype, load_in_8bit, load_in_4bit, device)
 
 
 @torch.inference_mode()
@@ -278,10 +243,6 @@ def generate_texts(model, processor, images: list, prompts: list[str], **generat
 class Item:
     image: str
     prompt: str
-
-
-class UnreadableImage(Exception):
-    pass
 
 
 def image_extensions() -> set[str]:
@@ -347,82 +308,38 @@ def collect_items(args: PredictArguments) -> tuple[list[Item], list[str]]:
     return [Item(image, args.default_prompt) for image in images], others
 
 
-def open_image(path: str):
-    """The fully decoded image, upright; UnreadableImage with PIL's reason otherwise (never a stand-in)."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now: truncated files fail here, not inside the processor mid-batch
-            # Phone photos store their rotation in EXIF; the model should see what a viewer shows.
-            return ImageOps.exif_transpose(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # PIL raises OSError for unknown/truncated files, SyntaxError and ValueError from some broken headers.
-        raise UnreadableImage(f"{type(err).__name__}: {err}") from None
-
-
 # ---------------------------------------------------------------------------------------------------- output
 def row_key(row: dict) -> tuple[str, str]:
     return row["image"], row["prompt"]
 
 
-class JsonlWriter:
-    """Appends rows to OUTPUT.partial and renames it to OUTPUT on finish(); with no path, prints them to stdout."""
+def job_settings(args: PredictArguments, items: list[Item]) -> dict:
+    """What the rows of --output depend on: checked before a partial file is resumed (mblip.outputs)."""
+    pairs = json.dumps([(item.image, item.prompt) for item in items], ensure_ascii=False).encode()
+    return {
+        "model_identity": model_identity(args.model),
+        "dtype": args.dtype,
+        "load_in_8bit": args.load_in_8bit,
+        "load_in_4bit": args.load_in_4bit,
+        "generation": args.generation_kwargs(),
+        "seed": args.seed if args.do_sample else None,
+        "inputs": {"count": len(items), "sha256": hashlib.sha256(pairs).hexdigest()},
+    }
 
-    def __init__(self, output: str | None, overwrite: bool):
-        self.output = Path(output) if output else None
-        self.done: set[tuple[str, str]] = set()
-        self.handle = None
-        if self.output is None:
-            return
-        self.partial = self.output.with_name(self.output.name + ".partial")
-        if self.output.exists() and not overwrite:
-            raise PredictError(f"--output {str(self.output)!r} exists; pass --overwrite to replace it")
-        if overwrite:
-            self.partial.unlink(missing_ok=True)
-        if self.partial.exists():
-            self.done = self._recover()
 
-    def _recover(self) -> set[tuple[str, str]]:
-        """Rows a previous run finished. A line cut off by a kill is dropped, so its image is predicted again."""
-        rows, dropped = [], 0
-        for line in self.partial.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                row_key(row)
-                rows.append(row)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                dropped += 1
-        if dropped:
-            logger.warning("Dropped %d incomplete rows from %s", dropped, self.partial)
-            self.partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        logger.info("Resuming from %s: %d rows already done", self.partial, len(rows))
-        return {row_key(row) for row in rows}
+def open_output(args: PredictArguments, items: list[Item]) -> ResumableJsonl | None:
+    """OUTPUT.partial with what an earlier run of the same job left in it; None for stdout."""
+    if not args.output:
+        return None
+    try:
+        return ResumableJsonl(args.output, job_settings(args, items), overwrite=args.overwrite, check=row_key)
+    except FileExistsError as err:
+        raise PredictError(str(err)) from None
 
-    def write(self, rows: list[dict]):
-        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        if self.output is None:
-            sys.stdout.write(lines)
-            sys.stdout.flush()
-            return
-        if self.handle is None:
-            # Opened on the first row, so that a run failing before any prediction leaves no partial file behind.
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.partial.open("a", encoding="utf-8")
-        self.handle.write(lines)
-        self.handle.flush()  # a batch is on disk before the next starts, so a kill loses at most one batch
 
-    def close(self):
-        if self.handle is not None:
-            self.handle.close()
-
-    def finish(self):
-        self.close()
-        if self.output is not None:
-            if not self.partial.exists():  # every image was unreadable: the result is an empty file, not none
-                self.output.parent.mkdir(parents=True, exist_ok=True)
-                self.partial.touch()
-            os.replace(self.partial, self.output)
+def print_rows(rows: list[dict]):
+    sys.stdout.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    sys.stdout.flush()
 
 
 # ---------------------------------------------------------------------------------------------------- run
@@ -430,19 +347,24 @@ class JsonlWriter:
 class PredictReport:
     written: int = 0
     resumed: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # Unreadable images out of the whole job, resumed rows included, so that a resumed run is judged like an
+    # uninterrupted one.
+    bad_rows: BadRows = field(default_factory=lambda: BadRows(noun="images", state="unreadable"))
     not_images: list[str] = field(default_factory=list)
     seconds: float = 0.0
     output: str | None = None
 
     @property
+    def unreadable(self) -> list[tuple[str, str]]:
+        """(path, reason) of the first unreadable images."""
+        return [(example["row"], example["reason"]) for example in self.bad_rows.examples]
+
+    @property
     def unreadable_fraction(self) -> float:
-        # Over the whole job, resumed rows included, so that a resumed run is judged like an uninterrupted one.
-        total = self.written + self.resumed + len(self.unreadable)
-        return len(self.unreadable) / total if total else 0.0
+        return self.bad_rows.fraction
 
 
-def run_batches(todo: list[Item], model, processor, writer: JsonlWriter, args: PredictArguments, report: PredictReport):
+def run_batches(todo: list[Item], model, processor, write, args: PredictArguments, report: PredictReport):
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -453,7 +375,7 @@ def run_batches(todo: list[Item], model, processor, writer: JsonlWriter, args: P
         texts = generate_texts(
             model, processor, [im for _, im in batch], [it.prompt for it, _ in batch], **generation_kwargs
         )
-        writer.write([{"image": it.image, "prompt": it.prompt, "text": text} for (it, _), text in zip(batch, texts)])
+        write([{"image": it.image, "prompt": it.prompt, "text": text} for (it, _), text in zip(batch, texts)])
         report.written += len(batch)
         progress.update(len(batch))
         batch.clear()
@@ -463,9 +385,9 @@ def run_batches(todo: list[Item], model, processor, writer: JsonlWriter, args: P
         for item in todo:
             try:
                 batch.append((item, open_image(item.image)))
-            except UnreadableImage as err:
-                logger.warning("Skipping unreadable image %s (%s)", item.image, err)
-                report.unreadable.append((item.image, str(err)))
+            except ImageDecodeError as err:
+                logger.warning("Skipping unreadable image %s (%s)", item.image, err.reason)
+                report.bad_rows.add(err.reason, item.image)
                 progress.update(1)
                 continue
             if len(batch) == args.batch_size:
@@ -480,10 +402,12 @@ def predict(args: PredictArguments, model_and_processor=None) -> PredictReport:
     if model_and_processor is None:
         resolve_model(args.model)  # a missing model fails before any file is touched
     items, not_images = collect_items(args)
-    writer = JsonlWriter(args.output, args.overwrite)
+    writer = open_output(args, items)
     try:
-        todo = [item for item in items if (item.image, item.prompt) not in writer.done]
+        done = {row_key(row) for row in writer.rows} if writer else set()
+        todo = [item for item in items if (item.image, item.prompt) not in done]
         report = PredictReport(resumed=len(items) - len(todo), not_images=not_images, output=args.output)
+        report.bad_rows.total = len(items)
         if not_images:
             logger.warning("Ignoring %d files that are not images: %s", len(not_images), ", ".join(not_images[:10]))
         if todo:
@@ -491,14 +415,15 @@ def predict(args: PredictArguments, model_and_processor=None) -> PredictReport:
                 args.model, args.dtype, args.load_in_8bit, args.load_in_4bit, args.device
             )
             set_seed(args.seed)
-            run_batches(todo, model, processor, writer, args, report)
+            run_batches(todo, model, processor, writer.write if writer else print_rows, args, report)
         report.seconds = time.perf_counter() - start
-        if report.unreadable_fraction > args.max_unreadable_fraction:
+        if writer and report.bad_rows.over(args.max_bad_rows):
             writer.close()  # keep OUTPUT.partial: a rerun after fixing the files only does what is left
-        else:
+        elif writer:
             writer.finish()
     except BaseException:
-        writer.close()
+        if writer:
+            writer.close()
         raise
     return report
 
@@ -514,44 +439,23 @@ def summarize(report: PredictReport, args: PredictArguments) -> int:
     )
     if report.not_images:
         logger.info("%d files in --image_dir are not images and were left out", len(report.not_images))
-    if not report.unreadable:
+    bad = report.bad_rows
+    if not bad.count:
         return 0
-    names = "; ".join(f"{path} ({reason})" for path, reason in report.unreadable[:10])
-    logger.warning("Skipped %d unreadable images: %s", len(report.unreadable), names)
-    if report.unreadable_fraction > args.max_unreadable_fraction:
+    names = "; ".join(f"{path} ({reason})" for path, reason in report.unreadable)
+    logger.warning("Skipped %d unreadable images: %s", bad.count, names)
+    if bad.over(args.max_bad_rows):
         kept = f"; the rows so far are in {report.output}.partial and a rerun resumes there" if report.output else ""
-        logger.error(
-            "%d of %d images (%.0f%%) were unreadable, more than --max_unreadable_fraction %s%s",
-            len(report.unreadable),
-            report.written + report.resumed + len(report.unreadable),
-            100 * report.unreadable_fraction,
-            args.max_unreadable_fraction,
-            kept,
-        )
+        logger.error("%s%s", bad.message(args.max_bad_rows), kept)
         return 1
     return 0
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows the module docstring (the commands) as written, and every option's default."""
-
-
-def parse_args(parser: HfArgumentParser, argv=None) -> PredictArguments:
-    """Command-line flags, or a single .json / .yaml file holding them (HfArgumentParser's convention)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        read = parser.parse_yaml_file if argv[0].endswith(("yaml", "yml")) else parser.parse_json_file
-        (args,) = read(argv[0])
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
-    return args
-
-
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser(PredictArguments, description=__doc__, formatter_class=HelpFormatter)
+    parser = MBlipArgumentParser(PredictArguments, description=__doc__)
     try:
-        args = parse_args(parser, argv)
+        (args,) = parser.parse_command_line(argv)  # flags, or one .json/.yaml file followed by overriding flags
         report = predict(args)
     except (PredictError, ValueError) as err:
         parser.exit(2, f"predict.py: error: {err}\n")

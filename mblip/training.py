@@ -19,17 +19,35 @@ import datasets
 import torch
 import transformers
 from accelerate import PartialState
-from accelerate.utils import gather_object
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_safetensors
-from transformers import BitsAndBytesConfig, HfArgumentParser, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import BitsAndBytesConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import TrainerState
 
+from mblip.adapters import base_reference, save_adapter, with_trained_weights
+from mblip.arguments import parse_args as parse_arguments
+from mblip.cards import model_card
+from mblip.checkpoints import (
+    EXPORT_NAMES,
+    OVERWRITE_FLAG,
+    RunBookkeeping,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    mark_finished,
+    prepare_output_dir,
+    read_checkpoint_state,
+    refuse_user_files,
+    replace_export,
+    run_fingerprint,
+)
 from mblip.data.storage import atomic_open, atomic_write_json
-from mblip.hub import model_card, move_into, save_model_repository, write_model_repository
+from mblip.hub import move_into, save_model_repository, write_model_repository
+from mblip.images import ImageDecodeError, check_image, open_image
+from mblip.loading import DTYPES, get_quantization_config, resolve_dtype
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
+from mblip.validation import VALIDATION_DIR, GenerationValidation, GenerationValidationMixin, ValidationArguments
 
 
 logger = logging.getLogger("train_mblip")
@@ -37,6 +55,7 @@ logger = logging.getLogger("train_mblip")
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 INIT_DIR = "init"
 LORA_OUTPUTS = ("merged", "merged_and_adapter", "adapter")
+PROJECTION_INITS = ("auto", "blip2", "random")
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -51,14 +70,24 @@ class ModelArguments:
     language_model_name_or_path: str | None = field(
         default=None, metadata={"help": "The multilingual LLM (e.g. bigscience/mt0-xl, bigscience/bloomz-7b1)."}
     )
-    load_in_8bit: bool = field(default=False, metadata={"help": "Load the LLM (only) in 8-bit with bitsandbytes."})
+    load_in_8bit: bool = field(  # None until __post_init__; `bool` so that a bare --load_in_8bit works
+        default=None,
+        metadata={
+            "help": "Load the LLM (only) in 8-bit with bitsandbytes. Default: on unless --load_in_4bit (the official "
+            "mT0-XL recipe); --load_in_8bit false trains on an un-quantized LLM."
+        },
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "Load the LLM (only) in 4-bit NF4 with bitsandbytes."})
     bnb_4bit_quant_type: str = field(default="nf4", metadata={"help": "4-bit type: nf4 or fp4."})
-    model_dtype: str = field(
+    bnb_4bit_use_double_quant: bool = field(
+        default=True,
+        metadata={"help": "4-bit: also quantize the quantization constants (QLoRA; the official BLOOMZ run: false)."},
+    )
+    dtype: str = field(
         default="float32",
         metadata={
-            "help": "dtype of the un-quantized weights (float32, bfloat16, float16). Trainable weights should "
-            "stay float32; use --bf16 for mixed precision."
+            "help": "dtype of the un-quantized weights (float32, bfloat16, float16; not auto). Trainable weights "
+            "should stay float32; use --bf16 for mixed precision."
         },
     )
     use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters on the LLM."})
@@ -73,6 +102,15 @@ class ModelArguments:
         },
     )
     freeze_qformer: bool = field(default=False, metadata={"help": "Freeze the Q-Former and query tokens."})
+    freeze_projection: bool = field(default=False, metadata={"help": "Freeze the projection into the LLM."})
+    projection_init: str = field(
+        default="auto",
+        metadata={
+            "help": f"Starting from parts, the projection into the LLM: one of {PROJECTION_INITS}. auto takes the "
+            "BLIP-2 checkpoint's own projection when it maps into the LLM's hidden size (the official mT0-XL run "
+            "copies BLIP-2 Flan-T5-XL's), else a fresh one (BLOOMZ-7B); blip2 requires it; random never uses it."
+        },
+    )
     train_vision_model: bool = field(default=False, metadata={"help": "Also train the ViT (frozen in the paper)."})
     lora_output: str = field(
         default="merged",
@@ -82,6 +120,14 @@ class ModelArguments:
         },
     )
     max_shard_size: str = field(default="5GB", metadata={"help": "Largest safetensors shard of the output."})
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "The model card's licence (a Hub licence id, e.g. mit). Default: the base models' own, from their "
+            "cards, or known for the usual checkpoints (Salesforce/blip2-flan-t5-xl, bigscience/mt0-xl, "
+            "bigscience/bloomz-7b1, Gregor/mblip-*); 'other' (with a warning) when unknown."
+        },
+    )
 
     def __post_init__(self):
         parts = (self.vision_model_name_or_path, self.language_model_name_or_path)
@@ -98,8 +144,18 @@ class ModelArguments:
             )
         if self.load_in_8bit and self.load_in_4bit:
             raise ValueError("Choose one of --load_in_8bit and --load_in_4bit, not both")
-        if self.model_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"--model_dtype must be float32, bfloat16 or float16, got {self.model_dtype!r}")
+        if self.load_in_8bit is None:
+            self.load_in_8bit = not self.load_in_4bit
+        if self.projection_init not in PROJECTION_INITS:
+            raise ValueError(f"--projection_init must be one of {PROJECTION_INITS}, got {self.projection_init!r}")
+        if self.freeze_projection and self.freeze_qformer and not self.use_peft and not self.train_vision_model:
+            raise ValueError(
+                "--freeze_projection with --freeze_qformer and --use_peft false leaves nothing to train; "
+                "unfreeze one part or pass --train_vision_model"
+            )
+        if self.dtype not in DTYPES or self.dtype == "auto":
+            # auto could pick bfloat16 on a GPU, and the trainable weights must stay in the dtype asked for.
+            raise ValueError(f"--dtype must be float32, bfloat16 or float16 for training, got {self.dtype!r}")
         if self.lora_output not in LORA_OUTPUTS:
             raise ValueError(f"--lora_output must be one of {LORA_OUTPUTS}, got {self.lora_output!r}")
         if self.lora_output != "merged" and not self.use_peft:
@@ -113,7 +169,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(ValidationArguments):
     train_file: str | None = field(default=None, metadata={"help": "Training data: json, jsonl, csv or parquet."})
     validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
     dataset_name: str | None = field(default=None, metadata={"help": "A `datasets.load_dataset` name or path."})
@@ -124,17 +180,26 @@ class DataArguments:
     image_column: str = field(
         default="image_id", metadata={"help": "Image path (or list of paths) column; mBLIP's release uses image_id."}
     )
-    prompt_column: str = field(default="context", metadata={"help": "Prompt column; mBLIP's release uses context."})
+    prompt_column: str = field(
+        default="context",
+        metadata={"help": "Prompt column; mBLIP's release uses context. '' trains without prompts (targets only)."},
+    )
     target_column: str = field(default="label", metadata={"help": "Target column; mBLIP's release uses label."})
     max_bad_rows: float = field(
         default=0.01,
         metadata={
-            "help": "Largest fraction of rows that may be unusable (missing/unreadable image, empty target) "
-            "before the run fails. Unusable rows are skipped and reported, never replaced."
+            "help": "Largest fraction of rows that may be unusable (missing/unreadable image, empty target, a "
+            "malformed JSONL line, another number of images) before the run fails: checked before training, and "
+            "again during training as images fail to decode (each row counted once). Unusable rows are skipped and "
+            "reported, never replaced."
         },
     )
-    augment: bool = field(
-        default=False, metadata={"help": "The paper's augmentation: random resized crop (scale 0.5-1) and h-flip."}
+    augment: bool = field(  # None until __post_init__; `bool` so that a bare --augment works
+        default=None,
+        metadata={
+            "help": "The official augmentation: random resized crop (scale 0.5-1, bicubic) and horizontal flip. "
+            "Default: on, except with --image_features_cache (cached ViT outputs cannot be augmented)."
+        },
     )
     image_features_cache: str | None = field(
         default=None,
@@ -144,14 +209,26 @@ class DataArguments:
             "no --augment. Disk: patches x width x dtype bytes per image (ViT-g at 224 px in bf16: 0.7 MB)."
         },
     )
-    max_length: int | None = field(
-        default=None, metadata={"help": "Truncate prompts and targets to this many tokens (with a warning)."}
+    max_length: int = field(
+        default=128,
+        metadata={
+            "help": "Truncate prompts and, separately, targets to this many tokens, with a warning (official: 128). "
+            "0: no limit of our own (the tokenizer's model_max_length, if it sets one)."
+        },
+    )
+    prompt_truncation_side: str = field(
+        default="right",
+        metadata={
+            "help": "right: an over-long prompt keeps its start (official); left: its end. Targets always keep "
+            "their start, and tokens the tokenizer adds (T5's EOS) are kept."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation rows."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for the data checks."})
 
     def __post_init__(self):
+        self.check_validation_arguments()  # --validation_* (mblip/validation.py)
         if bool(self.train_file) == bool(self.dataset_name):
             raise ValueError(
                 f"Give exactly one of --train_file and --dataset_name; got train_file={self.train_file!r}, "
@@ -168,24 +245,87 @@ class DataArguments:
                 "--image_features_cache stores one ViT output per image file: it cannot follow --augment's "
                 "random crops and flips. Drop one of the two."
             )
+        if self.augment is None:
+            self.augment = not self.image_features_cache
+        if self.max_length < 0:
+            raise ValueError(f"--max_length must be positive, or 0 for no limit; got {self.max_length}")
+        if self.prompt_truncation_side not in ("left", "right"):
+            raise ValueError(f"--prompt_truncation_side must be left or right, got {self.prompt_truncation_side!r}")
 
 
 @dataclass
 class MBlipTrainingArguments(TrainingArguments):
-    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of the projection (paper: 5e-5)."})
+    """TrainingArguments whose defaults are the official mBLIP mT0-XL instruction-training recipe (README.md,
+    "Official recipe vs this project"): per-part learning rates, weight decay 0.1 (none on biases and norms), cosine
+    schedule with 1000 warm-up steps, 8 x 16 = 128 examples per optimizer step on one device, 2 epochs, gradient
+    clipping at 1.0, activation (gradient) checkpointing, and bf16 mixed precision where the device supports it."""
+
+    learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the projection (official: 1e-5, BLIP-2's group rate)."}
+    )
     qformer_learning_rate: float = field(
-        default=1e-5, metadata={"help": "Learning rate of the Q-Former and query tokens (paper: 1e-5)."}
+        default=1e-5, metadata={"help": "Learning rate of the Q-Former and query tokens (official: 1e-5)."}
     )
     lora_learning_rate: float = field(
-        default=2e-4, metadata={"help": "Learning rate of the LoRA weights (paper: 2e-4)."}
+        default=2e-4, metadata={"help": "Learning rate of the LoRA weights (official: 2e-4)."}
     )
     vision_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of the ViT if it trains."})
+    weight_decay: float = field(
+        default=0.1, metadata={"help": "AdamW weight decay (official: 0.1); never on biases and norm weights."}
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (official: cosine)."})
+    warmup_steps: float = field(default=1000, metadata={"help": "Linear warm-up steps (official: 1000)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Examples per device and step."})
+    gradient_accumulation_steps: int = field(
+        default=16,
+        metadata={
+            "help": "Steps per optimizer update. Official: 128 examples per update; with N processes pass "
+            "128 / (N x per_device_train_batch_size)."
+        },
+    )
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (official instruction training: 2)."})
+    bf16: bool = field(  # None until __post_init__; `bool` so that a bare --bf16 works
+        default=None,
+        metadata={
+            "help": "bf16 mixed precision. Default: on where the GPU supports bf16, else fp32 with a log line "
+            "(CPUs: bf16 autocast is slower than fp32 on most of them)."
+        },
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads the rows."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds a run: delete its checkpoints and init/ instead of "
+            "resuming. Without it, a rerun with other data or settings is refused. Files you put in output_dir "
+            "yourself are never touched."
+        },
+    )
+
+    def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True  # official: on (recomputes activations in backward; saves memory)
+        if self.bf16 is None:
+            self.bf16, reason = default_bf16(self.use_cpu or self.fp16)
+            (logger.info if self.bf16 else logger.warning)("Mixed precision: bf16 %s", reason)
+        super().__post_init__()
+
+
+def default_bf16(cpu_or_fp16: bool) -> tuple[bool, str]:
+    """Whether to train in bf16 mixed precision by default, and why (for the log)."""
+    if cpu_or_fp16:
+        return False, "off: --use_cpu or --fp16 was given; training in fp32 (or fp16)"
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return True, "on: the GPU supports bf16 (official recipe: mixed precision)"
+    if torch.cuda.is_available():
+        return False, "off: this GPU has no bf16 support; falling back to fp32 (pass --fp16 to try fp16)"
+    return False, "off: no GPU; falling back to fp32 on CPU (bf16 autocast is slower than fp32 on most CPUs)"
 
 
 # ---------------------------------------------------------------------------------------------------- data
 def load_raw_datasets(data_args: DataArguments) -> datasets.DatasetDict:
+    """The train (and validation) data; `.line_problems[split]` lists the JSONL lines left out (see load_jsonl)."""
     splits = datasets.DatasetDict()
+    splits.line_problems = {}
     if data_args.dataset_name:
         splits["train"] = datasets.load_dataset(
             data_args.dataset_name, data_args.dataset_config_name, split=data_args.train_split
@@ -201,8 +341,85 @@ def load_raw_datasets(data_args: DataArguments) -> datasets.DatasetDict:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--{split if split == 'train' else 'validation'}_file {path!r} does not exist")
         builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[Path(path).suffix]
-        splits[split] = datasets.load_dataset(builder, data_files=path, split="train")
+        if path.endswith(".jsonl"):
+            splits[split], splits.line_problems[split] = load_jsonl(path)
+        else:
+            try:
+                splits[split] = datasets.load_dataset(builder, data_files=path, split="train")
+            except Exception as err:
+                raise ValueError(f"Cannot read {path}: {type(err).__name__}: {err}") from err
     return splits
+
+
+def first_bad_utf8(path: str, chunk: int = 16 << 20) -> int | None:
+    """The byte offset of the first invalid UTF-8 sequence in a file, or None (a fast pass at C speed)."""
+    import codecs
+
+    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
+    with open(path, "rb") as handle:
+        while data := handle.read(chunk):
+            try:
+                decoder.decode(data)
+            except UnicodeDecodeError as err:
+                return offset + err.start
+            offset += len(data)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return offset
+    return None
+
+
+def scan_jsonl(path: str) -> tuple[list[bytes], list[dict]]:
+    """The usable lines of a JSONL file and, for each unusable one, its file, line and byte offset and why."""
+    lines, problems, offset = [], [], 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            reason = ""
+            try:
+                row = json.loads(raw.decode("utf-8"))
+                if not isinstance(row, dict):
+                    reason = f"not a JSON object but {type(row).__name__}"
+            except UnicodeDecodeError as err:
+                reason = f"not UTF-8 (byte {raw[err.start]:#04x} at offset {offset + err.start})"
+            except ValueError as err:
+                reason = f"malformed JSON ({err})" if raw.strip() else ""
+                if not raw.strip():
+                    offset += len(raw)
+                    continue
+            if reason:
+                problems.append({"file": path, "line": number, "offset": offset, "reason": reason})
+            else:
+                lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
+            offset += len(raw)
+    return lines, problems
+
+
+def load_jsonl(path: str) -> tuple[datasets.Dataset, list[dict]]:
+    """A JSONL file as a dataset; lines that are not UTF-8 or not a JSON object are left out and returned with their
+    file, line and byte offset, to be counted as unusable rows (datasets' own json reader fails on the whole file
+    with a message that names neither, or reads bytes that fail later)."""
+    if first_bad_utf8(path) is None:
+        try:
+            return datasets.load_dataset("json", data_files=path, split="train"), []
+        except Exception as err:  # the file is scanned below, for the lines at fault
+            failure = err
+    else:
+        failure = None
+    lines, problems = scan_jsonl(path)
+    if not problems:
+        raise ValueError(f"Cannot read {path}: {type(failure).__name__}: {failure}") from failure
+    for problem in problems[:5]:
+        logger.warning("%s:%d (byte offset %d): %s", problem["file"], problem["line"], problem["offset"], problem["reason"])
+    if not lines:
+        raise ValueError(f"{path} has no usable line; the first problem: {problems[0]}")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mblip-jsonl-") as tmp:
+        clean = Path(tmp) / Path(path).name
+        clean.write_bytes(b"".join(lines))
+        dataset = datasets.load_dataset("json", data_files=str(clean), split="train", keep_in_memory=True)
+    return dataset, problems
 
 
 def image_paths(value, image_root: str) -> list[str]:
@@ -210,82 +427,120 @@ def image_paths(value, image_root: str) -> list[str]:
     return [os.path.join(image_root, str(v)) for v in values]
 
 
-# What PIL raises for a missing, truncated or corrupt image file.
-IMAGE_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
-
-
-def open_image(path: str) -> Image.Image:
-    """The decoded image, detached from its file (raises one of IMAGE_DECODE_ERRORS)."""
-    with Image.open(path) as image:
-        image.load()
-        return image.copy()
+# The data check's reason for each kind of ImageDecodeError (mblip/images.py).
+IMAGE_PROBLEMS = {
+    "missing": "missing image",
+    "too_large": "image over the pixel limit",
+    "unreadable": "unreadable image",
+}
 
 
 def find_problem(row: dict, data_args: DataArguments) -> str:
     """'' for a usable row, else the reason it cannot be trained on."""
-    target = row.get(data_args.target_column)
-    if target is None or not str(target).strip():
+    if not target_text(row.get(data_args.target_column)).strip():
         return "empty target"
     value = row.get(data_args.image_column)
     if value is None or value == "" or value == []:
         return "no image"
     for path in image_paths(value, data_args.image_root):
-        if not os.path.isfile(path):
-            return "missing image"
         try:
-            with Image.open(path) as image:
-                image.verify()  # reads the whole file and checks its structure, without decoding pixels
-        except IMAGE_DECODE_ERRORS:
-            return "unreadable image"
+            check_image(path)  # exists, header parses, within the pixel limit, structure verifies; no decoding
+        except ImageDecodeError as err:
+            return IMAGE_PROBLEMS[err.kind]
     return ""
 
 
-def drop_bad_rows(dataset: datasets.Dataset, data_args: DataArguments, split: str) -> tuple[datasets.Dataset, dict]:
-    """Skips unusable rows, counts them by reason with a few examples, and fails past --max_bad_rows."""
+def target_text(value) -> str:
+    """A row's target as trained: a string as is; a list of answers (VQA's several annotators) as its most common
+    answer, the first of those tied (counted in the data report as list_targets)."""
+    if isinstance(value, (list, tuple)):
+        answers = [str(v).strip() for v in value if v is not None and str(v).strip()]
+        return max(answers, key=answers.count) if answers else ""
+    return "" if value is None else str(value)
+
+
+def image_count(value) -> int:
+    return len(value) if isinstance(value, (list, tuple)) else int(value is not None and value != "")
+
+
+def drop_bad_rows(
+    dataset: datasets.Dataset, data_args: DataArguments, split: str, line_problems: list[dict] = ()
+) -> tuple[datasets.Dataset, dict]:
+    """Skips unusable rows, counts them by reason with a few examples, and fails past --max_bad_rows. The rows kept
+    carry their index in `dataset` as `_row` (decode failures during training are counted by it). `line_problems`
+    are lines of the data file that never became rows (see load_jsonl); they count as unusable rows too."""
     missing = {data_args.image_column, data_args.target_column} - set(dataset.column_names)
+    if data_args.prompt_column and data_args.prompt_column not in dataset.column_names:
+        missing.add(data_args.prompt_column)
     if missing:
         raise ValueError(
             f"The {split} data has no column(s) {sorted(missing)}; its columns are {dataset.column_names}. "
-            "Set --image_column / --prompt_column / --target_column."
+            "Set --image_column / --prompt_column / --target_column (--prompt_column '' trains without prompts)."
         )
     checked = dataset.map(
-        lambda row: {"_problem": find_problem(row, data_args)},
+        lambda row, index: {
+            "_problem": find_problem(row, data_args),
+            "_row": index,
+            "_images": image_count(row.get(data_args.image_column)),
+        },
+        with_indices=True,
         num_proc=data_args.preprocessing_num_workers,
         desc=f"Checking {split} images and targets",
     )
     problems = checked["_problem"]
+    # A batch stacks its rows' images: one number of images per dataset, the most common; other rows are unusable.
+    counts = [n for n, p in zip(checked["_images"], problems) if not p]
+    usual = max(set(counts), key=counts.count) if counts else 1
+    problems = [p or (f"{n} images where the data has {usual}" if n != usual else "") for p, n in zip(problems, checked["_images"])]
     bad = [i for i, p in enumerate(problems) if p]
     by_reason = {}
     for i in bad:
-        by_reason[problems[i]] = by_reason.get(problems[i], 0) + 1
+        reason = problems[i] if "images where the data has" not in problems[i] else "another number of images"
+        by_reason[reason] = by_reason.get(reason, 0) + 1
     examples = [{"row": i, "reason": problems[i], "image": str(checked[i][data_args.image_column])} for i in bad[:5]]
-    report = {"rows": len(dataset), "bad_rows": len(bad), "by_reason": by_reason, "examples": examples}
-    if bad:
-        logger.warning("Skipping %d of %d %s rows: %s; e.g. %s", len(bad), len(dataset), split, by_reason, examples[:3])
-    if len(dataset) and len(bad) / len(dataset) > data_args.max_bad_rows:
+    for problem in line_problems:
+        reason = "not UTF-8" if problem["reason"].startswith("not UTF-8") else "malformed JSON line"
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    examples = [dict(p) for p in line_problems[:5]] + examples
+    rows = len(dataset) + len(line_problems)
+    n_bad = len(bad) + len(line_problems)
+    report = {"rows": rows, "bad_rows": n_bad, "by_reason": by_reason, "examples": examples[:5]}
+    feature = dataset.features.get(data_args.target_column)
+    if isinstance(feature, (datasets.Sequence, list, getattr(datasets, "List", ()))):
+        report["list_targets"] = len(dataset)
+        logger.warning(
+            "The %s column %r holds lists of answers: each row trains on its most common answer (the first of those "
+            "tied)", split, data_args.target_column
+        )
+    if n_bad:
+        logger.warning("Skipping %d of %d %s rows: %s; e.g. %s", n_bad, rows, split, by_reason, examples[:3])
+    if rows and n_bad / rows > data_args.max_bad_rows:
         raise ValueError(
-            f"{len(bad)} of {len(dataset)} {split} rows ({len(bad) / len(dataset):.1%}) are unusable, more than "
+            f"{n_bad} of {rows} {split} rows ({n_bad / rows:.1%}) are unusable, more than "
             f"--max_bad_rows {data_args.max_bad_rows}: {by_reason}; e.g. {examples[:3]}"
         )
+    checked = checked.remove_columns(["_problem", "_images"]).add_column("_problem", problems)
     kept = checked.filter(lambda problem: not problem, input_columns="_problem").remove_columns("_problem")
     if len(kept) == 0:
         raise ValueError(f"No usable {split} rows are left out of {len(dataset)}: {by_reason}")
     return kept, report
 
 
-def random_resized_crop(image: Image.Image, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> Image.Image:
-    """torchvision's RandomResizedCrop sampling (torchvision has no CPU build here), drawn from torch's RNG so that
-    the Trainer's saved RNG state makes a resumed run crop exactly as an uninterrupted one."""
+def random_resized_crop(
+    image: Image.Image, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), generator: torch.Generator | None = None
+) -> Image.Image:
+    """torchvision's RandomResizedCrop sampling (torchvision has no CPU build here), drawn from `generator` (training
+    gives each row its own, see `augmentation_generator`), else from torch's global RNG."""
     width, height = image.size
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target_area = area * float(torch.empty(1).uniform_(*scale))
-        aspect = math.exp(float(torch.empty(1).uniform_(*log_ratio)))
+        target_area = area * float(torch.empty(1).uniform_(*scale, generator=generator))
+        aspect = math.exp(float(torch.empty(1).uniform_(*log_ratio, generator=generator)))
         w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
-            left = int(torch.randint(0, width - w + 1, (1,)))
-            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
             return image.crop((left, top, left + w, top + h))
     side = min(width, height)  # fall back to a central crop, as torchvision does
     left, top = (width - side) // 2, (height - side) // 2
@@ -329,8 +584,14 @@ class ImageFeaturesCache:
 
         index = {}
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            with safe_open(shard, framework="pt") as f:
-                index.update(dict.fromkeys(f.keys(), shard.name))
+            try:
+                with safe_open(shard, framework="pt") as f:
+                    index.update(dict.fromkeys(f.keys(), shard.name))
+            except Exception as err:
+                raise ValueError(
+                    f"The image features cache shard {shard} is corrupt ({type(err).__name__}: {err}); delete that "
+                    "file and rerun: only its images are encoded again"
+                ) from err
         return index
 
     def missing(self, paths) -> list[str]:
@@ -368,9 +629,15 @@ class ImageFeaturesCache:
                 by_shard.setdefault(shard, []).append(i)
         out = [None] * len(paths)
         for shard, positions in by_shard.items():
-            with safe_open(self.folder / shard, framework="pt") as f:
-                for i in positions:
-                    out[i] = f.get_tensor(self.key(paths[i]))
+            try:
+                with safe_open(self.folder / shard, framework="pt") as f:
+                    for i in positions:
+                        out[i] = f.get_tensor(self.key(paths[i]))
+            except Exception as err:
+                raise ValueError(
+                    f"The image features cache shard {self.folder / shard} is corrupt ({type(err).__name__}: {err}); "
+                    "delete that file and rerun: only its images are encoded again"
+                ) from err
         return out
 
 
@@ -403,7 +670,7 @@ def build_image_features_cache(model, processor, datasets_to_cache, data_args, b
             try:
                 images.append(open_image(path))
                 kept.append(path)
-            except IMAGE_DECODE_ERRORS as err:
+            except ImageDecodeError as err:
                 logger.warning("Not caching an image that fails to decode (%s): %s", path, err)
                 failed.append(path)
         if not images:
@@ -434,59 +701,111 @@ def build_image_features_cache(model, processor, datasets_to_cache, data_args, b
 @dataclass
 class MBlipCollator:
     """Loads each row's image(s) (or their cached ViT outputs), optionally augments them, and builds the model's input
-    contract."""
+    contract.
+
+    Rows from `drop_bad_rows` carry their index as `_row`: each such row is augmented with its own generator, seeded
+    by (seed, epoch, row), so a row's crop does not depend on batch order, data-loading workers, prefetching or a
+    resume; and the batch lists the rows whose image failed to decode under FAILED_ROWS_KEY (MBlipTrainer takes it
+    out before the forward pass and counts each row once, across workers and processes)."""
 
     processor: MBlipProcessor
     data_args: DataArguments
     augment: bool = False
     failures: int = 0
     features: ImageFeaturesCache | None = None
+    seed: int = 0
+    epoch: int = 0  # set by EpochForAugmentation at each epoch's start, before the data loader's workers start
 
-    def load(self, path: str) -> Image.Image:
+    def load(self, path: str, generator: torch.Generator | None = None) -> Image.Image:
         image = open_image(path)
         if self.augment:
-            image = random_resized_crop(image)
-            if float(torch.rand(1)) < 0.5:
+            image = random_resized_crop(image, generator=generator)
+            if float(torch.rand(1, generator=generator)) < 0.5:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return image
+
+    def generator(self, row: dict) -> torch.Generator | None:
+        if not self.augment or "_row" not in row:
+            return None
+        return augmentation_generator(self.seed, self.epoch, row["_row"])
+
+    def prompt(self, row: dict) -> str:
+        column = self.data_args.prompt_column
+        return str(row.get(column) or "") if column else ""
 
     def __call__(self, rows: list[dict]) -> dict:
         if self.features is not None:
             return self.from_features(rows)
         args = self.data_args
-        images, prompts, targets = [], [], []
+        images, prompts, targets, failed = [], [], [], []
         for row in rows:
+            generator = self.generator(row)
             try:
-                loaded = [self.load(p) for p in image_paths(row[args.image_column], args.image_root)]
-            except IMAGE_DECODE_ERRORS as err:
+                loaded = [self.load(p, generator) for p in image_paths(row[args.image_column], args.image_root)]
+            except ImageDecodeError as err:
                 # Passed the up-front check but fails to decode (e.g. a truncated file): skip it, never substitute.
                 self.failures += 1
+                failed.append(row.get("_row", -1))
                 logger.warning("Skipping a row whose image fails to decode (%s): %s", row[args.image_column], err)
                 continue
             images.append(loaded if isinstance(row[args.image_column], (list, tuple)) else loaded[0])
-            prompts.append(str(row.get(args.prompt_column) or ""))
-            targets.append(str(row[args.target_column]))
+            prompts.append(self.prompt(row))
+            targets.append(target_text(row[args.target_column]))
         if not images:
             raise RuntimeError(f"Every image of a batch of {len(rows)} rows failed to decode; see the warnings above")
-        return dict(self.processor(images=images, text=prompts, text_target=targets))
+        if len({isinstance(i, list) for i in images}) > 1 and all(len(i) == 1 for i in images if isinstance(i, list)):
+            images = [i[0] if isinstance(i, list) else i for i in images]  # one image per row, some as a list
+        side = args.prompt_truncation_side
+        batch = dict(self.processor(images=images, text=prompts, text_target=targets, prompt_truncation_side=side))
+        return self.with_failures(batch, rows, failed)
+
+    @staticmethod
+    def with_failures(batch: dict, rows: list[dict], failed: list[int]) -> dict:
+        if rows and "_row" in rows[0]:
+            batch[FAILED_ROWS_KEY] = torch.tensor(failed, dtype=torch.long)
+        return batch
 
     def from_features(self, rows: list[dict]) -> dict:
         args = self.data_args
-        embeds, prompts, targets = [], [], []
+        embeds, prompts, targets, failed = [], [], [], []
         for row in rows:
             value = row[args.image_column]
             loaded = self.features.load(image_paths(value, args.image_root))
             if any(f is None for f in loaded):
                 self.failures += 1  # the image failed to decode when the cache was built; logged then
+                failed.append(row.get("_row", -1))
                 continue
             embeds.append(torch.stack(loaded) if isinstance(value, (list, tuple)) else loaded[0])
-            prompts.append(str(row.get(args.prompt_column) or ""))
-            targets.append(str(row[args.target_column]))
+            prompts.append(self.prompt(row))
+            targets.append(target_text(row[args.target_column]))
         if not embeds:
             raise RuntimeError(f"No image of a batch of {len(rows)} rows has cached features; see the warnings above")
-        batch = dict(self.processor(text=prompts, text_target=targets))
+        batch = dict(
+            self.processor(text=prompts, text_target=targets, prompt_truncation_side=args.prompt_truncation_side)
+        )
+        if len({e.dim() for e in embeds}) > 1:  # one image per row, some as a list of one
+            embeds = [e[0] if e.dim() == 3 else e for e in embeds]
         batch["image_embeds"] = torch.stack(embeds)
-        return batch
+        return self.with_failures(batch, rows, failed)
+
+
+FAILED_ROWS_KEY = "mblip_failed_rows"
+
+
+def augmentation_generator(seed: int, epoch: int, row: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{epoch}:{row}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+class EpochForAugmentation(TrainerCallback):
+    """Tells the collator the epoch about to start (on_epoch_begin comes before the epoch's data loader iterator and
+    its workers), so that each epoch crops every row afresh."""
+
+    def __init__(self, collator: MBlipCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -498,12 +817,16 @@ def assemble_init(model_args: ModelArguments, output_dir: str, seed: int) -> str
     with PartialState().main_process_first():
         if PartialState().is_main_process and not (init / "config.json").is_file():
             model, processor = from_parts(
-                model_args.vision_model_name_or_path, model_args.language_model_name_or_path, seed=seed
+                model_args.vision_model_name_or_path,
+                model_args.language_model_name_or_path,
+                seed=seed,
+                projection_init=model_args.projection_init,
             )
             card = model_card(
                 "mBLIP re-alignment starting point",
                 "Assembled by train_mblip.py; not trained.",
                 [model_args.vision_model_name_or_path, model_args.language_model_name_or_path],
+                license=model_args.license,
             )
             save_model_repository(model, processor, init, card, overwrite=True)
             del model
@@ -511,16 +834,16 @@ def assemble_init(model_args: ModelArguments, output_dir: str, seed: int) -> str
 
 
 def quantization_config(model_args: ModelArguments, training_args: TrainingArguments) -> BitsAndBytesConfig | None:
-    if not model_args.quantized:
-        return None
+    """QLoRA's bitsandbytes settings: 4-bit computes in the mixed-precision dtype and double-quantizes unless
+    --bnb_4bit_use_double_quant false (the official BLOOMZ-7B recipe turns it off); the vision stack stays un-quantized
+    (MBlipForConditionalGeneration.from_pretrained)."""
     compute_dtype = torch.bfloat16 if training_args.bf16 else torch.float16 if training_args.fp16 else torch.float32
-    if model_args.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
+    return get_quantization_config(
+        load_in_8bit=model_args.load_in_8bit,
+        load_in_4bit=model_args.load_in_4bit,
         bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
         bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=True,
+        bnb_4bit_use_double_quant=model_args.bnb_4bit_use_double_quant,
     )
 
 
@@ -549,8 +872,14 @@ def lora_target_pattern(model: MBlipForConditionalGeneration, leaf_names: list[s
     return r"language_model\..*\.(?:" + "|".join(map(re.escape, leaf_names)) + ")"
 
 
-def add_lora(model: MBlipForConditionalGeneration, model_args: ModelArguments, target_pattern: str):
-    """PEFT's LoRA on the LLM's linear layers only; the vision stack never gets adapters."""
+def add_lora(
+    model: MBlipForConditionalGeneration,
+    model_args: ModelArguments,
+    target_pattern: str,
+    modules_to_save: list[str] | None = None,
+):
+    """PEFT's LoRA on the LLM's linear layers only; the vision stack never gets adapters (`modules_to_save`: trained
+    modules a saved adapter carries in full, mblip/adapters.py)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -559,17 +888,18 @@ def add_lora(model: MBlipForConditionalGeneration, model_args: ModelArguments, t
         lora_dropout=model_args.lora_dropout,
         target_modules=target_pattern,
         bias="none",
+        modules_to_save=modules_to_save,
     )
     return get_peft_model(model, config)
 
 
 def select_trainable(model, model_args: ModelArguments):
-    """Exactly what was asked trains: projection always, Q-Former + queries unless frozen, ViT only on request, and
+    """Exactly what was asked trains: projection unless frozen, Q-Former + queries unless frozen, ViT only on request, and
     of the LLM only its LoRA weights."""
     for full_name, param in model.named_parameters():
         name = part_name(full_name)
         if name.startswith("language_projection."):
-            trainable = True
+            trainable = not model_args.freeze_projection
         elif name.startswith("qformer.") or name == "query_tokens":
             trainable = not model_args.freeze_qformer
         elif name.startswith("vision_model."):
@@ -587,7 +917,7 @@ def load_model(model_args: ModelArguments, training_args: TrainingArguments, sou
     # Each process loads its own copy onto its own GPU (the TRL way); on CPU the model stays where it is built.
     device_map = {"": PartialState().local_process_index} if quantization and torch.cuda.is_available() else None
     model = MBlipForConditionalGeneration.from_pretrained(
-        source, quantization_config=quantization, dtype=getattr(torch, model_args.model_dtype), device_map=device_map
+        source, quantization_config=quantization, dtype=resolve_dtype(model_args.dtype), device_map=device_map
     )
     if quantization is not None:
         # Casts the LLM's norms to fp32 and freezes it; the vision stack is untouched.
@@ -610,9 +940,10 @@ def count_parameters(model) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
-class MBlipTrainer(Trainer):
+class MBlipTrainer(GenerationValidationMixin, Trainer):
     """A Trainer with the paper's per-part learning rates, whose checkpoints hold only the trainable weights (the
-    frozen, possibly quantized LLM is never rewritten) plus the usual optimizer, scheduler and RNG states."""
+    frozen, possibly quantized LLM is never rewritten) plus the usual optimizer, scheduler and RNG states, and whose
+    `evaluate()` adds the scores of validation by generation (`validation=`, mblip/validation.py)."""
 
     def learning_rate_for(self, name: str) -> float:
         name = part_name(name)
@@ -639,6 +970,24 @@ class MBlipTrainer(Trainer):
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        failed = inputs.pop(FAILED_ROWS_KEY, None)  # the collator's bookkeeping, not a model input
+        if failed is not None and model.training:
+            self._pending_failed = getattr(self, "_pending_failed", []) + failed.tolist()
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        pending = getattr(self, "_pending_loss", None)
+        self._pending_loss = loss.detach() if pending is None else pending + loss.detach()
+        return loss
+
+    def take_pending(self) -> tuple[list[int], float]:
+        """This process's decode failures and summed step losses since the last call (for RunBookkeeping)."""
+        failed, loss = getattr(self, "_pending_failed", []), getattr(self, "_pending_loss", None)
+        self._pending_failed, self._pending_loss = [], None
+        return failed, float(loss) if loss is not None else 0.0
+
     def _trainable_names(self) -> list[str]:
         model = self.accelerator.unwrap_model(self.model)
         return [name for name, param in model.named_parameters() if param.requires_grad]
@@ -661,7 +1010,13 @@ class MBlipTrainer(Trainer):
             raise ValueError(
                 f"{resume_from_checkpoint} is not a train_mblip.py checkpoint: it has no {TRAINABLE_WEIGHTS}"
             )
-        weights = load_file(path)
+        try:
+            weights = load_file(path)
+        except Exception as err:
+            raise ValueError(
+                f"{path} is corrupt or incomplete ({type(err).__name__}: {err}); delete {resume_from_checkpoint} "
+                "to resume from the checkpoint before it"
+            ) from err
         expected = set(self._trainable_names())
         if set(weights) != expected:
             raise ValueError(
@@ -680,7 +1035,8 @@ def trained_state(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().cpu() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets) -> str:
+def training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets):
+    """The output's model card (a huggingface_hub ModelCard, from mblip/cards.py)."""
     bases = (
         [model_args.model_name_or_path]
         if model_args.model_name_or_path
@@ -720,7 +1076,9 @@ def training_card(model_args, data_args, training_args, source, report, metrics,
             + ". LoRA is merged into an un-quantized copy of the LLM."
         ),
         base_models=bases,
+        license=model_args.license,
         languages=languages,
+        datasets=[data_args.dataset_name] if data_args.dataset_name else None,
         repo_id=training_args.hub_model_id or "org/mblip-model",
         sections={
             "Training data": (
@@ -742,25 +1100,32 @@ def export(trainer, model_args, data_args, training_args, source, report, metric
     state = trained_state(trainer.accelerator.unwrap_model(trainer.model))
     if not trainer.args.should_save:
         return output_dir
-    dtype = getattr(torch, model_args.model_dtype)
+    dtype = resolve_dtype(model_args.dtype)
     final = MBlipForConditionalGeneration.from_pretrained(source, dtype=dtype)  # un-quantized
     lora_targets = []
     if model_args.use_peft:
-        final = add_lora(final, model_args, target_pattern)
+        # A kept adapter carries the trained vision stack too, so that it reloads to this model (mblip/adapters.py).
+        final = with_trained_weights(
+            final,
+            {k: v.to(dtype) for k, v in state.items()},
+            lambda model, modules: add_lora(model, model_args, target_pattern, modules),
+            complete_adapter=model_args.lora_output != "merged",
+        )
         lora_targets = sorted({n.rsplit(".", 1)[-1] for n, m in final.named_modules() if hasattr(m, "lora_A")})
-    result = final.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys
+    else:
+        result = final.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
     processor = MBlipProcessor.from_pretrained(source)
     card = training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets)
     staging = output_dir / ".model-incomplete"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if model_args.use_peft and model_args.lora_output != "merged":
-        final.save_pretrained(staging / "adapter")  # PEFT's adapter format: adapter_config.json + weights
+        save_adapter(final, staging / "adapter", state, base_reference(source))  # PEFT's format, complete
     if model_args.lora_output == "adapter":
         vision_stack = {part_name(k): v.contiguous() for k, v in state.items() if "lora_" not in k}
         save_file(vision_stack, staging / "vision_stack.safetensors", metadata={"format": "pt"})
-        (staging / "README.md").write_text(card, encoding="utf-8")
+        card.save(staging / "README.md")
     else:
         if model_args.use_peft:
             final = final.merge_and_unload()
@@ -772,7 +1137,7 @@ def export(trainer, model_args, data_args, training_args, source, report, metric
             model_args.max_shard_size,
             extra_files={"data_report.json": json.dumps(report, indent=2)},
         )
-    move_into(staging, output_dir)
+    replace_export(staging, output_dir, move_into)  # replaces every file an earlier export wrote, and only those
     return output_dir
 
 
@@ -786,20 +1151,15 @@ def push(training_args: TrainingArguments, output_dir: Path):
         repo_id=repo_id,
         folder_path=str(output_dir),
         commit_message="Upload mBLIP trained with train_mblip.py",
-        ignore_patterns=["checkpoint-*", f"{INIT_DIR}/*", ".*", "runs/*"],
+        ignore_patterns=["checkpoint-*", f"{INIT_DIR}/*", ".*", "runs/*", f"{VALIDATION_DIR}/*"],
     )
     logger.info("Pushed %s to the Hub as %s", output_dir, repo_id)
 
 
 # ---------------------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, MBlipTrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        if argv[0].endswith(".json"):
-            return parser.parse_json_file(os.path.abspath(argv[0]))
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    """Flags, or one .json/.yaml file followed by flags that override it (mblip/arguments.py)."""
+    return parse_arguments((ModelArguments, DataArguments, MBlipTrainingArguments), argv)
 
 
 def setup_logging(training_args: TrainingArguments):
@@ -830,12 +1190,35 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
     if training_args.gradient_checkpointing and training_args.gradient_checkpointing_kwargs is None:
         training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
 
-    # ---- resume
-    last_checkpoint = training_args.resume_from_checkpoint
-    if last_checkpoint is None and os.path.isdir(training_args.output_dir):
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint is not None:
-            logger.info("Resuming from the last checkpoint in output_dir: %s", last_checkpoint)
+    if data_args.augment and training_args.dataloader_persistent_workers:
+        raise ValueError(
+            "--augment with --dataloader_persistent_workers: persistent workers keep the epoch they started in, so "
+            "every epoch would crop each row alike. Drop one of the two."
+        )
+
+    # ---- resume: only complete checkpoints count, and only of the same run (mblip/checkpoints.py)
+    output_dir, is_main = training_args.output_dir, PartialState().is_main_process
+    with training_args.main_process_first(desc="checking output_dir"):
+        fingerprint = run_fingerprint(model_args, data_args, training_args)
+        run_state = prepare_output_dir(output_dir, fingerprint, training_args.overwrite_output_dir, is_main)
+        if run_state["finished"]:
+            logger.warning(
+                "%s already holds this run, trained and exported: nothing to do (%s trains it again)",
+                output_dir,
+                OVERWRITE_FLAG,
+            )
+            return None, {}
+        refuse_user_files(output_dir, EXPORT_NAMES)  # fail now, not after training
+        last_checkpoint = training_args.resume_from_checkpoint
+        if last_checkpoint is None:
+            last_checkpoint = last_complete_checkpoint(output_dir, TRAINABLE_WEIGHTS, remove=is_main)
+        elif problem := checkpoint_problem(last_checkpoint, TRAINABLE_WEIGHTS):
+            raise ValueError(f"--resume_from_checkpoint {last_checkpoint} is incomplete: {problem}")
+    trained_out = False
+    if last_checkpoint is not None:
+        saved = read_checkpoint_state(last_checkpoint)
+        trained_out = saved["global_step"] >= saved.get("max_steps", 0) > 0
+        logger.info("Resuming from the last complete checkpoint: %s (step %d)", last_checkpoint, saved["global_step"])
     set_seed(training_args.seed)
 
     # ---- data
@@ -846,17 +1229,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
         raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
     report = {}
     with training_args.main_process_first(desc="checking the data"):
-        train_dataset, report["train"] = drop_bad_rows(raw["train"], data_args, "train")
+        problems = getattr(raw, "line_problems", {})
+        train_dataset, report["train"] = drop_bad_rows(raw["train"], data_args, "train", problems.get("train", []))
         eval_dataset = None
         if "validation" in raw:
-            eval_dataset, report["validation"] = drop_bad_rows(raw["validation"], data_args, "validation")
+            eval_dataset, report["validation"] = drop_bad_rows(
+                raw["validation"], data_args, "validation", problems.get("validation", [])
+            )
     languages = sorted(set(train_dataset["lang"])) if "lang" in train_dataset.column_names else None
 
     # ---- model
     source = model_args.model_name_or_path or assemble_init(model_args, training_args.output_dir, training_args.seed)
     model, processor, target_pattern = load_model(model_args, training_args, source)
-    if data_args.max_length is not None:
-        processor.max_length = data_args.max_length
+    processor.max_length = data_args.max_length or None  # 0: no limit of our own
     logger.info("Parameters per part: %s", json.dumps(count_parameters(model)))
 
     # ---- train
@@ -869,7 +1254,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
             features = build_image_features_cache(
                 model, processor, [d for d in (train_dataset, eval_dataset) if d is not None], data_args, batch_size
             )
-    collator = MBlipCollator(processor, data_args, augment=data_args.augment, features=features)
+    collator = MBlipCollator(
+        processor, data_args, augment=data_args.augment, features=features, seed=training_args.seed
+    )
     trainer = MBlipTrainer(
         model=model,
         args=training_args,
@@ -877,22 +1264,42 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
         eval_dataset=eval_dataset,
         data_collator=collator,
         callbacks=callbacks,
+        validation=GenerationValidation.from_arguments(data_args, processor, training_args.per_device_eval_batch_size),
     )
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
-    metrics = {k: v for k, v in result.metrics.items() if "loss" in k}
-    if eval_dataset is not None:
+    bookkeeping = RunBookkeeping(trainer, report["train"]["rows"], report["train"]["bad_rows"], data_args.max_bad_rows)
+    trainer.add_callback(bookkeeping)
+    trainer.add_callback(EpochForAugmentation(collator))
+    if trained_out:
+        # Training had finished (the run was killed during its export, say): export the last checkpoint as it is.
+        logger.warning("%s is the end of training: exporting it without training further", last_checkpoint)
+        trainer._load_from_checkpoint(last_checkpoint)
+        trainer.state = TrainerState.load_from_json(os.path.join(last_checkpoint, "trainer_state.json"))
+        bookkeeping.restore(trainer.state.stateful_callbacks.get(type(bookkeeping).__name__))
+        result_metrics = {"train_loss": bookkeeping.loss_sum / max(trainer.state.global_step, 1)}
+    else:
+        result = trainer.train(resume_from_checkpoint=last_checkpoint)
+        result_metrics = dict(result.metrics)
+        # The Trainer's train_loss covers only this call's steps; after a resume, report the whole run's mean.
+        result_metrics["train_loss"] = bookkeeping.train_loss(result.training_loss, trainer.state.global_step)
+        if trainer.state.log_history and "train_loss" in trainer.state.log_history[-1]:
+            trainer.state.log_history[-1]["train_loss"] = result_metrics["train_loss"]
+    metrics = {k: v for k, v in result_metrics.items() if "loss" in k}
+    if eval_dataset is not None or trainer.validation is not None:
         metrics.update({k: v for k, v in trainer.evaluate().items() if "loss" in k})
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("all", {**result.metrics, **metrics})
+    trainer.log_metrics("train", result_metrics)
+    trainer.save_metrics("all", {**result_metrics, **metrics})
     trainer.save_state()
-    report["decode_failures"] = sum(gather_object([collator.failures]))
+    report["decode_failures"] = len(bookkeeping.failed_rows)  # distinct rows, all processes and workers
     if report["decode_failures"]:
+        report["decode_failure_rows"] = sorted(bookkeeping.failed_rows)[:20]
         logger.warning("%d rows were skipped because their image failed to decode", report["decode_failures"])
 
     # ---- output
     output_dir = export(
         trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern
     )
+    if is_main:
+        mark_finished(output_dir, {"global_step": trainer.state.global_step})
     if push_to_hub and training_args.should_save:
         push(training_args, output_dir)
     return trainer, report

@@ -2,6 +2,7 @@
 
 No timing is asserted here: performance goals live in BENCHMARKS.md."""
 
+import importlib.util
 import json
 import math
 
@@ -160,6 +161,50 @@ def test_translation_comparison_at_tiny_size(tmp_path):
     assert row.endswith("| met |") if met else "| not met: " in row
     assert ("**Translation (cpu), uniform**" in text) is not met
     assert "(Table by `bench/translation.py`.)" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None, reason="ctranslate2 is not installed")
+def test_engine_comparison_at_tiny_size(tmp_path):
+    """CTranslate2 vs the transformers engine: float32 outputs identical, int8 counted, verdict and merge computed."""
+    threads = torch.get_num_threads()
+    try:
+        result = translation.run_engines(
+            repeats=1, n_sentences=24, batch_size=8, d_model=32, layers=1, profile="uniform"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    float32, int8 = result["compute_types"]["float32"], result["compute_types"]["int8"]
+    assert float32["n_identical"] == 24 and result["differences"] == [] and result["near_ties"]
+    assert 0 <= int8["n_identical"] <= 24 and int8["speedup_per_round"]["n"] == 1
+    assert result["transformers"]["sentences_per_s"] > 0 and result["setup"]["ctranslate2"]
+    ordering = {"results": ["kept"], "markdown": "ordering table"}
+    engines = {"engines": [result], "engines_markdown": translation.markdown_engines([result])}
+    merged = bench_main.merge_translation(ordering, engines)  # an engines-only run keeps the ordering rows
+    assert merged["results"] == ["kept"] and merged["engines"] == [result]
+    (tmp_path / "cpu.json").write_text(json.dumps({"machine": result["machine"], "translation": merged}))
+    text = render(tmp_path)
+    (row,) = [
+        line for line in text.splitlines() if line.startswith("| translation engine, uniform, CTranslate2 float32")
+    ]
+    met = float32["speedup_per_round"]["median"] >= 3.0
+    assert row.endswith("| met |") if met else "| not met: " in row
+    assert ("**Translation engine (cpu), uniform, d_model 32**" in text) is not met
+    assert "### Translation engines: CTranslate2" in text and "ordering table" in text
+    assert "--translation_model facebook/nllb-200-distilled-1.3B" in text  # the GPU command
+
+
+def test_first_difference_measures_the_gap_between_the_two_tokens():
+    from mblip.data.tiny_nllb import build_tiny_nllb
+
+    model, tokenizer = build_tiny_nllb()
+    source = tokenizer(["A dog runs."], return_tensors="pt")
+    start = model.generation_config.decoder_start_token_id
+    logits = model(**source, decoder_input_ids=torch.tensor([[start, 5]])).logits[0, -1]
+    best, other = logits.topk(2).indices.tolist()
+    found = translation.first_difference(model, tokenizer, "A dog runs.", [5, best, 7], [5, other], start)
+    assert found["position"] == 1
+    assert found["gap"] == pytest.approx((logits[best] - logits[other]).item(), rel=1e-5)
+    assert found["relative_gap"] == pytest.approx(found["gap"] / logits.std().item(), rel=1e-5)
 
 
 def test_decode_positions_counts_each_batch_to_its_longest_budget():

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 from conftest import PROMPTS, build, make_blip2, random_pixels, save_llm
+from huggingface_hub import ModelCard
 from transformers import (
     AutoProcessor,
     Blip2ForConditionalGeneration,
@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from mblip import convert as convert_mblip
-from mblip.hub import model_card
+from mblip.cards import model_card
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
 
@@ -72,7 +72,7 @@ def test_blip2_to_mblip_to_blip2_generates_the_same(family, tmp_path):
 def test_mblip_without_spare_vocabulary_row_exports_to_blip2(family, tmp_path):
     """The tiny tokenizer fills its embedding matrix exactly, so the placeholder token needs a new row."""
     model, processor = build(family)
-    from mblip.hub import model_card, save_model_repository
+    from mblip.hub import save_model_repository
 
     save_model_repository(model, processor, tmp_path / "mblip", model_card("t", "d", []))
     convert_mblip.main(["--to_blip2", str(tmp_path / "mblip"), "--output_dir", str(tmp_path / "back")])
@@ -123,6 +123,8 @@ def test_parts_assembly_keeps_each_part_and_never_loads_the_blip2_llm(llm_family
             str(tmp_path / "llm"),
             "--output_dir",
             str(tmp_path / "out"),
+            "--projection_init",
+            "random",
         ]
     )
     assert rc == 0
@@ -153,6 +155,66 @@ def test_parts_assembly_is_a_python_call(tmp_path):
     model, processor = convert_mblip.from_parts(str(tmp_path / "blip2"), str(tmp_path / "llm"))
     assert isinstance(model, MBlipForConditionalGeneration) and not model.config.is_encoder_decoder
     assert processor.tokenizer.padding_side == "left"
+
+
+def save_wide_llm(family, path, hidden=128):
+    """A tiny LLM whose hidden size differs from the tiny BLIP-2's text side (64), like BLOOMZ-7B's 4096 vs 2048."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from mblip.demo.tiny import tiny_processor, tiny_text_config
+
+    tokenizer = tiny_processor(family).tokenizer
+    config = tiny_text_config(family, len(tokenizer))
+    for name in ("d_model", "hidden_size"):
+        if hasattr(config, name):
+            setattr(config, name, hidden)
+    torch.manual_seed(3)
+    llm = (AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM).from_config(config)
+    llm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return llm
+
+
+@pytest.mark.parametrize("llm_family", ["mt5", "bloom"])
+def test_projection_starts_from_blip2_when_it_fits_the_llm_else_fresh(llm_family, tmp_path):
+    blip2, _ = make_blip2("mt5", tmp_path / "blip2")
+    with torch.no_grad():  # make BLIP-2's projection unmistakable, then save it again
+        blip2.language_projection.weight.normal_(0.0, 1.0)
+        blip2.language_projection.bias.uniform_(1.0, 2.0)
+    blip2.save_pretrained(tmp_path / "blip2")
+    own = blip2.language_projection
+    save_llm(llm_family, tmp_path / "same")  # hidden 64 = BLIP-2's text hidden size (mT0-XL vs Flan-T5-XL: 2048)
+    wide = save_wide_llm(llm_family, tmp_path / "wide")
+    assert wide.config.get_text_config().hidden_size != blip2.config.text_config.hidden_size
+
+    def projection(llm, init, seed=0):
+        model, _ = convert_mblip.from_parts(
+            str(tmp_path / "blip2"), str(tmp_path / llm), seed=seed, projection_init=init
+        )
+        return model.language_projection
+
+    for init in ("auto", "blip2"):
+        copied = projection("same", init)
+        assert torch.equal(copied.weight, own.weight) and torch.equal(copied.bias, own.bias), init
+    fresh = projection("same", "random")
+    assert not torch.equal(fresh.weight, own.weight) and not fresh.bias.any()
+    assert 0 < fresh.weight.std() < 0.05  # N(0, initializer_range), unlike the copied N(0, 1)
+    assert torch.equal(projection("same", "random", seed=1).weight, projection("same", "random", seed=1).weight)
+
+    auto_wide = projection("wide", "auto")
+    assert auto_wide.weight.shape == (128, blip2.config.qformer_config.hidden_size)
+    assert 0 < auto_wide.weight.std() < 0.05 and not auto_wide.bias.any()
+    with pytest.raises(convert_mblip.ConversionError, match=r"projection of shape \(64, 32\).*needs \(128, 32\)"):
+        projection("wide", "blip2")
+
+    # The command line: the card says which projection the starting point has.
+    parts = ["--vision_model", str(tmp_path / "blip2"), "--language_model", str(tmp_path / "same")]
+    assert convert_mblip.main([*parts, "--output_dir", str(tmp_path / "out")]) == 0
+    saved = MBlipForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert torch.equal(saved.language_projection.weight, own.weight)
+    assert "the linear projection of" in (tmp_path / "out" / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        convert_mblip.main([*parts, "--output_dir", str(tmp_path / "bad"), "--projection_init", "copy"])
 
 
 FRESH = textwrap.dedent(
@@ -195,10 +257,12 @@ def test_output_is_a_hub_ready_repository_loadable_offline_in_a_fresh_process(fa
         "AutoProcessor": "processing_mblip.MBlipProcessor"
     }
     readme = (repo / "README.md").read_text()
-    assert readme.startswith("---\nlicense:") and "pipeline_tag: image-text-to-text" in readme
-    assert "trust_remote_code=True" in readme
-    metadata = yaml.safe_load(readme.split("---\n", 2)[1])
-    assert metadata["base_model"] == [str(tmp_path / "blip2")] and metadata["library_name"] == "transformers"
+    assert readme.startswith("---\nlicense:") and "trust_remote_code=True" in readme
+    card = ModelCard.load(repo / "README.md")
+    assert card.data.pipeline_tag == "image-text-to-text" and card.data.library_name == "transformers"
+    # A local source without a card or a Hub id: no base_model (Hub ids only), named in the text; licence unknown.
+    assert card.data.base_model is None and f"`{tmp_path / 'blip2'}`" in card.text
+    assert card.data.license == "other"
 
     (tmp_path / "fresh.py").write_text(FRESH)
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin"}
@@ -287,8 +351,11 @@ def test_existing_output_is_not_overwritten_without_asking(tmp_path):
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "config.json").exists()
 
 
-def test_model_card_metadata_survives_yaml():
-    # "no" (Norwegian) is false to YAML 1.1, and a local path may hold ": ".
-    card = model_card("t", "d", ["/data/run: 2/blip2"], languages=["no", "en"])
-    metadata = yaml.safe_load(card.split("---\n", 2)[1])
-    assert metadata["language"] == ["no", "en"] and metadata["base_model"] == ["/data/run: 2/blip2"]
+def test_model_card_metadata_survives_yaml(tmp_path):
+    # "no" (Norwegian) is false to YAML 1.1; a local path may hold ": " (it stays in the text, never in base_model).
+    local = tmp_path / "run: 2" / "blip2"
+    local.mkdir(parents=True)
+    model_card("t", "d", [str(local), "bigscience/mt0-xl"], languages=["no", "en"]).save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.language == ["no", "en"] and card.data.base_model == ["bigscience/mt0-xl"]
+    assert f"`{local}`" in card.text

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mblip.data.inputs import Columns, load_examples
-from mblip.data.templates import TASKS
+from mblip.data.templates import resolve_task
 from mblip.data.tiny_nllb import CORPUS, build_tiny_nllb
 from mblip.data.translate import (
     LengthCapLogitsProcessor,
@@ -266,6 +266,8 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
         "0.2",
         "--progress",
         "false",
+        "--ctranslate2_cache_dir",  # the default engine (auto) is ctranslate2 where it is installed
+        str(tmp_path / "ct2"),
         *SHORT,
         *RELAXED,
     ]
@@ -276,7 +278,8 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
     # Columns train_mblip.py reads, plus lang and task; extra columns pass through.
     assert all(list(r)[:5] == ["image_id", "context", "label", "lang", "task"] for r in mix)
     assert {r["lang"] for r in mix} == {"en", "de", "fr", "zh"}
-    assert {r["task"] for r in mix} == set(TASKS)
+    tasks = {resolve_task(r["task"]) for r in rows}  # the tasks of the example rows
+    assert {r["task"] for r in mix} == tasks
     # Relaxed filters keep every example except one: the random model mangles the placeholders of the rationale
     # task's target templates ("{rationale} So the answer is {answer}."), so non-English rationale examples have
     # no template. They are dropped and counted, never rendered with an English target.
@@ -291,7 +294,7 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
         assert report["templates"][lang]["dropped"]["placeholder"] > 0
     assert [r["source"] for r in mix if r["image_id"].startswith("cap")] == ["coco"] * 4
     # Every task keeps a quarter in English (english_share 0.25 of 4 rows).
-    assert all(sum(r["lang"] == "en" and r["task"] == t for r in mix) == 1 for t in TASKS)
+    assert all(sum(r["lang"] == "en" and r["task"] == t for r in mix) == 1 for t in tasks)
     english = {r["image_id"]: r for r in mix if r["lang"] == "en"}
     for row in rows:
         if row["image_id"] in english and row["task"] == "caption":
@@ -364,7 +367,7 @@ def test_resume_after_a_kill_skips_finished_shards_and_duplicates_nothing(tiny, 
     run_mix(source, tmp_path / "clean", clean, *options)
     expected = (tmp_path / "clean" / "train.jsonl").read_text()
     # Templates are translated once per language (de, fr), not once per shard or example.
-    assert clean.seen.count("Caption the image.") == 2 and clean.seen.count("Question: {0} Brief answer:") == 2
+    assert clean.seen.count("Caption the image.") == 2 and clean.seen.count("Reason the answer to the following question. {0}") == 2
 
     out = tmp_path / "mix"
     killed = make_translator(tiny, RecordingTranslator)
@@ -513,7 +516,10 @@ def test_shards_split_between_processes_are_done_once(tiny, tmp_path, monkeypatc
 
 @pytest.mark.skipif(sys.platform == "win32", reason="gloo launcher")
 def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
-    """`accelerate launch` with two CPU processes: shards split between them, one merged mix, same as one process."""
+    """`accelerate launch` with two CPU processes: shards split between them, one merged mix, same as one process.
+
+    With the default engine: ctranslate2 where it is installed (the split is the engine's business only in loading
+    the model, and the two processes share one conversion), else transformers."""
     source = write_jsonl(tmp_path / "en.jsonl", example_rows(2))
     common = [
         "--input",
@@ -531,7 +537,7 @@ def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
         *SHORT,
         *RELAXED,
     ]
-    assert main(["--output", str(tmp_path / "one"), *common]) == 0
+    assert main(["--output", str(tmp_path / "one"), "--ctranslate2_cache_dir", str(tmp_path / "ct2-one"), *common]) == 0
     launch = [
         "-m",
         "accelerate.commands.launch",
@@ -548,6 +554,8 @@ def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
         "mblip.data.translate",
         "--output",
         str(tmp_path / "two"),
+        "--ctranslate2_cache_dir",
+        str(tmp_path / "ct2-two"),
         *common,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
@@ -560,3 +568,154 @@ def test_data_parallel_over_two_processes_equals_one(tiny_dir, tmp_path):
     assert (tmp_path / "two" / "train.jsonl").read_text() == (tmp_path / "one" / "train.jsonl").read_text()
     markers = [json.loads(p.read_text()) for p in (tmp_path / "two" / "shards").glob("*.done.json")]
     assert len(markers) == len(list((tmp_path / "one" / "shards").glob("*.done.json")))
+    engine = json.loads((tmp_path / "two" / "report.json").read_text())["engine"]
+    assert engine == ("transformers" if ctranslate2 is None else "ctranslate2")
+    if ctranslate2 is not None:  # converted once, by whichever process took the lock first
+        assert len([p for p in (tmp_path / "ct2-two").iterdir() if (p / "model.bin").is_file()]) == 1
+
+
+# ---- the CTranslate2 engine -----------------------------------------------------------------------------------------
+
+try:
+    import ctranslate2
+except ImportError:  # a requirement; without it, only these tests are skipped
+    ctranslate2 = None
+needs_ctranslate2 = pytest.mark.skipif(ctranslate2 is None, reason="ctranslate2 is not installed")
+
+
+def save_tiny(path, eos_scale=1.0, seed=0):
+    """A tiny model saved for conversion; eos_scale > 1 makes the random decoder end some sentences by itself."""
+    model, tokenizer = build_tiny_nllb(seed=seed)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[tokenizer.eos_token_id] *= eos_scale
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("eos_scale", [1.0, 4.0], ids=["runs-to-budget", "ends-by-itself"])
+@needs_ctranslate2
+def test_ctranslate2_engine_gives_the_transformers_engines_outputs(tmp_path, eos_scale):
+    from mblip.data.translate import CTranslate2Translator
+
+    model, tokenizer = save_tiny(tmp_path / "model", eos_scale)
+    options = {"batch_size": 4, "max_len_a": 1.0, "max_len_b": 4, "show_progress": False}
+    reference = Translator(model, tokenizer, **options)
+    engine = CTranslate2Translator.from_pretrained(
+        tmp_path / "model", compute_type="float32", cache_dir=tmp_path / "cache", **options
+    )
+    assert engine.engine == "ctranslate2" and engine.device == torch.device("cpu")
+    texts = [" ".join(CORPUS[i : i + k]) for k in (1, 3, 2) for i in range(0, 12, 2)] + list(CORPUS)
+    for language in ("de", "zh"):
+        expected = reference.translate(texts, language)
+        assert engine.translate(texts, language) == expected  # text and status, sentence by sentence
+    statuses = {t.status for t in expected}
+    # Both ways a translation ends are covered: by its budget (truncated), and by the model's own EOS (ok).
+    assert statuses == ({"truncated"} if eos_scale == 1.0 else {"truncated", "ok"})
+    assert engine.generate_calls == reference.generate_calls == 2 * 8  # 31 unique sentences in batches of 4, twice
+
+
+@needs_ctranslate2
+def test_ctranslate2_conversion_is_cached_and_redone_for_a_changed_model(tmp_path, monkeypatch, caplog):
+    from ctranslate2.converters import TransformersConverter
+
+    from mblip.data.translate import ctranslate2_model
+
+    conversions = []
+    convert = TransformersConverter.convert
+
+    def counting(self, output_dir, *args, **kwargs):
+        conversions.append(output_dir)
+        return convert(self, output_dir, *args, **kwargs)
+
+    monkeypatch.setattr(TransformersConverter, "convert", counting)
+    save_tiny(tmp_path / "model")
+    first = ctranslate2_model(tmp_path / "model", tmp_path / "cache")
+    assert len(conversions) == 1 and (first / "model.bin").is_file()
+    source = json.loads((first / "mblip_source.json").read_text())
+    assert source["fingerprint"].startswith("sha256:") and source["ctranslate2"] == ctranslate2.__version__
+    with caplog.at_level(logging.INFO, logger="mblip.data.translate"):
+        assert ctranslate2_model(tmp_path / "model", tmp_path / "cache") == first
+    assert len(conversions) == 1 and "Using the CTranslate2 copy" in caplog.text  # reused, not converted again
+    save_tiny(tmp_path / "model", seed=1)  # the same folder with other weights
+    second = ctranslate2_model(tmp_path / "model", tmp_path / "cache")
+    assert len(conversions) == 2 and second != first and (second / "model.bin").is_file()
+    assert not list((tmp_path / "cache").glob(".*.tmp"))  # converted aside, then renamed into place
+
+
+@needs_ctranslate2
+def test_ctranslate2_errors_name_what_this_machine_can_run(tmp_path, monkeypatch):
+    from mblip.data import translate
+    from mblip.data.translate import CT2_COMPUTE_TYPES, CTranslate2Translator, check_compute_type
+
+    supported = sorted(ctranslate2.get_supported_compute_types("cpu"))
+    unsupported = [c for c in CT2_COMPUTE_TYPES if c not in supported]
+    if unsupported:
+        with pytest.raises(ValueError, match=f"cannot run on cpu here; CTranslate2 supports: {', '.join(supported)}"):
+            CTranslate2Translator.from_pretrained(tmp_path / "never-read", compute_type=unsupported[0])
+    if ctranslate2.get_cuda_device_count() == 0:
+        with pytest.raises(ValueError, match=f"sees no CUDA device.*on cpu it supports: {', '.join(supported)}"):
+            check_compute_type("cuda", "float16")
+    # The arguments: a compute type without the engine, an unknown one, an unknown engine.
+    with pytest.raises(ValueError, match="--compute_type is a CTranslate2 setting, but the engine is transformers"):
+        parse_args(["--input", "x", "--output", "y", "--engine", "transformers", "--compute_type", "int8"])
+    with pytest.raises(ValueError, match="--compute_type must be one of float32, int8, .*got 'fp8'"):
+        parse_args(["--input", "x", "--output", "y", "--engine", "ctranslate2", "--compute_type", "fp8"])
+    with pytest.raises(ValueError, match="--engine must be one of auto, transformers, ctranslate2"):
+        parse_args(["--input", "x", "--output", "y", "--engine", "vllm"])
+    # auto: ctranslate2 when installed, else transformers; asked for without it: how to get it.
+    assert parse_args(["--input", "x", "--output", "y"])[2].engine == "ctranslate2"
+    monkeypatch.setattr(translate, "ctranslate2_available", lambda: False)
+    assert parse_args(["--input", "x", "--output", "y"])[2].engine == "transformers"
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # what an import without the package raises
+    with pytest.raises(
+        ValueError, match=r"--engine ctranslate2 needs the ctranslate2 package: pip install ctranslate2"
+    ):
+        parse_args(["--input", "x", "--output", "y", "--engine", "ctranslate2"])
+
+
+@needs_ctranslate2
+def test_a_model_ctranslate2_cannot_convert_gets_its_reason(tmp_path):
+    from transformers import LEDConfig
+
+    from mblip.data.translate import ctranslate2_model
+
+    LEDConfig(d_model=16, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path / "led")
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)CTranslate2 cannot convert .*led: No conversion is registered for the "
+        r"model configuration LEDConfig \(supported configurations are: .*M2M100Config.*--engine transformers",
+    ):
+        ctranslate2_model(tmp_path / "led", tmp_path / "cache")
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]  # nothing half-written
+
+
+@needs_ctranslate2
+def test_resuming_with_another_engine_or_compute_type_is_refused(tiny, tmp_path):
+    source = write_jsonl(tmp_path / "en.jsonl", example_rows(1))
+    out = tmp_path / "mix"
+    base = ["--languages", "de", *RELAXED]
+    run_mix(source, out, make_translator(tiny), *base, "--engine", "transformers")
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)other settings.*compute_type: None -> 'float32'.*engine: 'transformers' -> 'ctranslate2'",
+    ):
+        run_mix(source, out, make_translator(tiny), *base, "--engine", "ctranslate2")
+    # A run recorded before the engine was a setting used transformers: it resumes with it.
+    config = json.loads((out / "run_config.json").read_text())
+    for key in ("engine", "compute_type"):
+        del config["settings"][key]
+    (out / "run_config.json").write_text(json.dumps(config))
+    run_mix(source, out, make_translator(tiny), *base, "--engine", "transformers")
+
+    run_mix(source, tmp_path / "ct2", make_translator(tiny), *base, "--engine", "ctranslate2")  # float32 on CPU
+    settings = json.loads((tmp_path / "ct2" / "run_config.json").read_text())["settings"]
+    assert (settings["engine"], settings["compute_type"]) == ("ctranslate2", "float32")
+    with pytest.raises(ValueError, match=r"(?s)other settings.*compute_type: 'float32' -> 'int8'"):
+        run_mix(
+            source, tmp_path / "ct2", make_translator(tiny), *base, "--engine", "ctranslate2", "--compute_type", "int8"
+        )
+    # Where the converted models are kept does not change a translation.
+    moved = ["--engine", "ctranslate2", "--ctranslate2_cache_dir", "z"]
+    report = run_mix(source, tmp_path / "ct2", make_translator(tiny), *base, *moved)
+    assert (report["engine"], report["compute_type"]) == ("ctranslate2", "float32")

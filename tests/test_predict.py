@@ -13,7 +13,8 @@ from conftest import build
 from PIL import Image
 
 from mblip import predict
-from mblip.hub import model_card, save_model_repository
+from mblip.cards import model_card
+from mblip.hub import save_model_repository
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
 

@@ -156,3 +156,32 @@ def test_decode_delegates_to_the_tokenizer():
     ids = processor.tokenizer(["zwei grüne Dreiecke", "два"], add_special_tokens=False)["input_ids"]
     assert processor.batch_decode(ids) == ["zwei grüne Dreiecke", "два"]
     assert processor.decode(ids[1]) == "два"
+
+
+@pytest.mark.parametrize("family", ["mt5", "bloom", "llama"])
+def test_truncation_keeps_the_chosen_end_and_the_tokens_the_tokenizer_adds(family):
+    """The official training keeps each text's start (`prompt_truncation_side="right"`) and, like the tokenizer's own
+    truncation, T5's EOS and Llama's BOS; the default keeps a prompt's end."""
+    processor = tiny_processor(family)
+    tokenizer = processor.tokenizer
+    text = "Question: what colour is the big circle on the left of the picture? Short answer in English:"
+    full = tokenizer(text)["input_ids"]
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    at = next(i for i in range(len(full)) if full[i : i + len(body)] == body)
+    added, suffix = full[:at], full[at + len(body) :]  # the tokens the tokenizer adds around the text
+    limit = 8
+    room = limit - len(added) - len(suffix)
+    start = processor(
+        text=[text], text_target=[text], max_length=limit, prompt_truncation_side="right", return_tensors=None
+    )
+    end = processor(text=[text], max_length=limit, return_tensors=None)
+    if processor.is_encoder_decoder:
+        assert start["input_ids"][0] == added + body[:room] + suffix  # suffix: T5's EOS
+        assert start["labels"][0] == added + body[:room] + suffix
+        assert suffix == [tokenizer.eos_token_id]
+    else:
+        target = body[:limit] + [tokenizer.eos_token_id]  # decoder-only targets: limit tokens, then EOS
+        assert start["input_ids"][0] == added + body[:room] + target
+    assert end["input_ids"][0] == added + body[-room:] + suffix
+    with pytest.raises(ValueError, match="prompt_truncation_side"):
+        processor(text=[text], prompt_truncation_side="middle")

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 from conftest import make_blip2, save_llm
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import TrainerCallback
@@ -61,7 +61,38 @@ def write_jsonl(path, rows):
             f.write(json.dumps(row) + "\n")
 
 
+# The settings these tests were written for, where train_mblip.py's defaults (the official recipe) differ:
+# fp32 LLM and precision, no augmentation, checkpointing or token limit, a fresh projection, one step per batch,
+# no weight decay, a linear schedule without warm-up. test_the_defaults_are_the_official_recipe covers the defaults.
+PRE_RECIPE = [
+    "--load_in_8bit",
+    "false",
+    "--bf16",
+    "false",
+    "--augment",
+    "false",
+    "--activation_checkpointing",
+    "false",
+    "--max_length",
+    "0",
+    "--projection_init",
+    "random",
+    "--gradient_accumulation_steps",
+    "1",
+    "--weight_decay",
+    "0",
+    "--lr_scheduler_type",
+    "linear",
+    "--warmup_steps",
+    "0",
+]
+
+
 def cli(parts, output_dir, *extra, train_file=None):
+    return [*PRE_RECIPE, *official_cli(parts, output_dir, *extra, train_file=train_file)]
+
+
+def official_cli(parts, output_dir, *extra, train_file=None):
     return [
         "--vision_model_name_or_path",
         str(parts / "blip2"),
@@ -218,6 +249,8 @@ def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, 
             str(parts / "train.jsonl"),
             "--eval_strategy",
             "no",
+            "--license",
+            "bigscience-bloom-rail-1.0",
         )
     )
     files = {p.name for p in output_dir.iterdir()}
@@ -237,8 +270,13 @@ def test_output_is_a_merged_model_repository_that_loads_with_remote_code(parts, 
     assert not torch.equal(merged.language_model.lm_head.weight, torch.zeros(1))
 
     card = (output_dir / "README.md").read_text()
-    metadata = yaml.safe_load(card.split("---\n", 2)[1])
-    assert metadata["language"] == ["de", "en"] and metadata["pipeline_tag"] == "image-text-to-text"
+    metadata = ModelCard.load(output_dir / "README.md").data
+    assert metadata.language == ["de", "en"] and metadata.pipeline_tag == "image-text-to-text"
+    # --license states the licence; the local parts have no Hub id, so no base_model (the text names them).
+    assert metadata.license == "bigscience-bloom-rail-1.0" and metadata.base_model is None
+    assert f"`{parts / 'llm'}`" in card
+    init_card = ModelCard.load(output_dir / "init" / "README.md")
+    assert init_card.data.license == "bigscience-bloom-rail-1.0"
     assert "train_loss" in card and "eval_loss" in card
     assert "query_key_value" in card and '"lora_r": 8' in card and "8 rows" in card
 
@@ -360,23 +398,27 @@ def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts
         collator([{"image_id": "truncated.jpg", "context": "a", "label": "b"}])
 
 
-def test_two_processes_under_accelerate_launch(parts, tmp_path):
+@pytest.mark.parametrize(
+    "launcher", [["--multi_gpu", "--num_processes", "2"], ["--config_file", "configs/cpu_2proc.yaml"]], ids=str
+)
+def test_two_processes_under_accelerate_launch(parts, tmp_path, launcher):
     command = [
         "accelerate",
         "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
+        *launcher,
         "train_mblip.py",
         *cli(parts, tmp_path / "ddp", "--max_steps", "2", "--per_device_train_batch_size", "2"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    logs = result.stdout + result.stderr
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "Process rank 1, device cpu" in result.stdout + result.stderr
-    assert "distributed True" in result.stdout + result.stderr
+    assert "Process rank 0, device cpu" in logs and "Process rank 1, device cpu" in logs
+    assert "distributed True" in logs
     state = json.loads((tmp_path / "ddp" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+    # 8 rows, 2 per process and step: two processes finish an epoch in 2 steps (one process would need 4).
+    assert state["epoch"] == 1.0, state["epoch"]
     assert (tmp_path / "ddp" / "config.json").is_file()
 
 
@@ -388,16 +430,87 @@ def test_arguments_come_from_the_command_line_or_one_yaml_file(parts, tmp_path):
     model_args, data_args, training_args = train_mblip.parse_args([str(tmp_path / "args.yaml")])
     assert model_args.load_in_4bit and model_args.lora_r == 4 and data_args.image_column == "image_id"
     assert (training_args.learning_rate, training_args.qformer_learning_rate, training_args.lora_learning_rate) == (
-        5e-5,
+        1e-5,
         1e-5,
         2e-4,
     )
+    assert not model_args.load_in_8bit  # 4-bit asked for: the default 8-bit steps aside
     with pytest.raises(ValueError, match="Choose one of --load_in_8bit and --load_in_4bit"):
         train_mblip.parse_args(cli(parts, tmp_path, "--load_in_8bit", "--load_in_4bit"))
     with pytest.raises(ValueError, match="either --model_name_or_path"):
         train_mblip.parse_args(cli(parts, tmp_path, "--model_name_or_path", "x"))
     with pytest.raises(ValueError, match="max_bad_rows is a fraction"):
         train_mblip.parse_args(cli(parts, tmp_path, "--max_bad_rows", "3"))
+
+
+RECIPES = sorted(os.listdir(os.path.join("configs", "recipes")))
+
+
+def test_the_defaults_are_the_official_recipe(parts, tmp_path):
+    """mT0-XL instruction training as the official configs compose it (README.md, "Official recipe vs this project")."""
+    model_args, data_args, args = train_mblip.parse_args(official_cli(parts, tmp_path))
+    assert model_args.load_in_8bit and not model_args.load_in_4bit and model_args.projection_init == "auto"
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (8, 16, 0.05)
+    assert data_args.augment and data_args.max_length == 128 and data_args.prompt_truncation_side == "right"
+    assert (args.learning_rate, args.qformer_learning_rate, args.lora_learning_rate) == (1e-5, 1e-5, 2e-4)
+    assert (args.weight_decay, str(args.lr_scheduler_type.value), args.warmup_steps) == (0.1, "cosine", 1000)
+    assert (args.gradient_accumulation_steps, args.num_train_epochs, args.max_grad_norm) == (16, 2, 1.0)
+    assert 8 * args.gradient_accumulation_steps == 128 and args.activation_checkpointing
+    assert args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    _, data_args, _ = train_mblip.parse_args(official_cli(parts, tmp_path, "--image_features_cache", "c"))
+    assert not data_args.augment  # cached ViT outputs cannot be augmented
+
+    # A short run on the defaults: 8-bit LLM, checkpointing, per-part rates, decay on weights but not on biases/norms.
+    trainer, _ = train_mblip.main(official_cli(parts, tmp_path / "out", "--max_steps", "1", "--max_length", "6"))
+    model = model_of(trainer)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.language_model.modules())
+    group_of = {id(p): g for g in trainer.optimizer.param_groups for p in g["params"]}
+    for name, param in trainer.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        short = train_mblip.part_name(name)
+        lr = 2e-4 if "lora_" in short else 1e-5
+        decay = 0.0 if short.endswith("bias") or "layernorm" in short.lower() else 0.1
+        group = group_of[id(param)]  # "lr" is scheduled: 1/1000 of the rate after one warm-up step
+        assert (group["initial_lr"], group["lr"], group["weight_decay"]) == (lr, pytest.approx(lr / 1000), decay), name
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.1}
+    assert trainer.state.global_step == 1 and trainer.args.gradient_accumulation_steps == 16
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_recipe_preset_parses_with_an_override(recipe, tmp_path):
+    path = os.path.join("configs", "recipes", recipe)
+    model_args, data_args, args = train_mblip.parse_args([path, "--output_dir", str(tmp_path), "--max_steps", "3"])
+    assert args.output_dir == str(tmp_path) and args.max_steps == 3  # flags after the file win
+    assert args.weight_decay == 0.1 and str(args.lr_scheduler_type.value) == "cosine" and args.warmup_steps == 1000
+    assert args.activation_checkpointing and args.max_grad_norm == 1.0 and args.seed == 42
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps
+    assert (model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (8, 16, 0.05)
+    if recipe.startswith("finetune_"):
+        assert model_args.model_name_or_path and model_args.load_in_8bit and model_args.use_peft
+        assert (args.learning_rate, args.qformer_learning_rate, args.lora_learning_rate) == (5e-5, 5e-5, 5e-5)
+        expected = {
+            "xgqa": (256, 5, 256),
+            "xvnli": (128, 10, 256),
+            "marvl": (128, 20, 256),
+            "flickr30k": (128, 10, 128),
+        }
+        assert (batch, args.num_train_epochs, data_args.max_length) == expected[recipe[9:-5]]
+        assert data_args.augment is (recipe != "finetune_marvl.yaml")
+        return
+    assert batch == 128 and (args.learning_rate, args.qformer_learning_rate) == (1e-5, 1e-5)
+    assert data_args.max_length == 128 and data_args.augment and data_args.prompt_truncation_side == "right"
+    if recipe == "mt0_xl_warmup.yaml":
+        assert model_args.freeze_qformer and not model_args.use_peft and model_args.load_in_8bit
+        assert model_args.projection_init == "auto" and args.max_steps == 3 and args.num_train_epochs == 1
+    elif recipe == "mt0_xl_instruct.yaml":
+        assert model_args.load_in_8bit and model_args.use_peft and args.lora_learning_rate == 2e-4
+        assert args.num_train_epochs == 2 and not model_args.freeze_qformer
+    else:
+        assert recipe == "bloomz_7b_instruct.yaml", recipe
+        assert model_args.load_in_4bit and not model_args.load_in_8bit and model_args.bnb_4bit_quant_type == "nf4"
+        assert not model_args.bnb_4bit_use_double_quant and model_args.projection_init == "random"
+        assert args.per_device_train_batch_size == 4 and args.num_train_epochs == 2
 
 
 @pytest.mark.parametrize("name", ["multi_gpu.yaml", "deepspeed_zero2.yaml", "fsdp.yaml", "cpu_2proc.yaml"])
@@ -409,7 +522,7 @@ def test_accelerate_configs_load(name):
         "multi_gpu.yaml": "MULTI_GPU",
         "deepspeed_zero2.yaml": "DEEPSPEED",
         "fsdp.yaml": "FSDP",
-        "cpu_2proc.yaml": "MULTI_CPU",
+        "cpu_2proc.yaml": "MULTI_GPU",  # accelerate's own launcher; MULTI_CPU would need mpirun (see the file)
     }[name]
     assert str(config.distributed_type).endswith(expected)
     if name == "deepspeed_zero2.yaml":

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
-from mblip.data.storage import atomic_open
+from mblip.arguments import MBlipArgumentParser
+from mblip.outputs import atomic_open
 
 from . import common
 
@@ -31,6 +31,7 @@ from . import common
 logger = logging.getLogger("bench")
 
 PARTS = ("inference", "training", "translation")
+TRANSLATION_COMPARISONS = ("ordering", "engines")
 
 
 @dataclass
@@ -73,6 +74,34 @@ class BenchArguments:
         metadata={"help": "Training settings to run, by name (CPU: fp32 int8+gc; GPU: int8+gc int4+gc). Default: all."},
     )
     translation_repeats: int = field(default=7, metadata={"help": "Alternating rounds per translation profile."})
+    translation_comparisons: list[str] = field(
+        default_factory=lambda: list(TRANSLATION_COMPARISONS),
+        metadata={
+            "help": "ordering: length-sorted batches vs the naive loop; engines: CTranslate2 vs the transformers "
+            "engine (needs ctranslate2)."
+        },
+    )
+    translation_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Engines: a real checkpoint (folder or Hub id, e.g. facebook/nllb-200-distilled-1.3B on a GPU) "
+            "instead of the random CPU-size model."
+        },
+    )
+    translation_engine_d_models: list[int] = field(
+        default_factory=lambda: [256, 64],
+        metadata={
+            "help": "Engines: widths of the random model (2+2 layers). 256 is the CPU size of every translation "
+            "comparison; smaller ones show how the gap depends on the share of per-step overhead."
+        },
+    )
+    translation_compute_types: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Engines: CTranslate2 compute types, the first checked for identical outputs (default: float32 "
+            "int8 on CPU; bfloat16 int8_float16 on CUDA)."
+        },
+    )
     threads: int = field(
         default=1,
         metadata={
@@ -92,6 +121,9 @@ class BenchArguments:
         unknown = sorted(set(self.only) - set(PARTS))
         if unknown:
             raise ValueError(f"--only takes {PARTS}, got {unknown}")
+        unknown = sorted(set(self.translation_comparisons) - set(TRANSLATION_COMPARISONS))
+        if unknown:
+            raise ValueError(f"--translation_comparisons takes {TRANSLATION_COMPARISONS}, got {unknown}")
         bad = sorted(set(self.families + (self.train_families or [])) - set(common.FAMILIES))
         if bad:
             raise ValueError(f"--families takes {common.FAMILIES}, got {bad}")
@@ -107,6 +139,9 @@ class BenchArguments:
         self.batch_sizes = self.batch_sizes or ([1, 16, 64] if full else [1, 16])
         self.max_new_tokens = self.max_new_tokens or (30 if full else 10)
         self.llm_dtypes = self.llm_dtypes or (["bfloat16", "int8", "int4"] if cuda else ["float32"])
+        self.translation_compute_types = self.translation_compute_types or (
+            ["bfloat16", "int8_float16"] if cuda else ["float32", "int8"]
+        )
         self.train_steps = self.train_steps or (10 if full else 8)
         self.train_warmup_steps = self.train_warmup_steps if self.train_warmup_steps is not None else (3 if full else 2)
         self.train_batch_size = self.train_batch_size or (8 if full else 4)
@@ -181,19 +216,53 @@ def merge_training(old: dict | None, new: dict) -> dict:
     return {**new, "families": families}
 
 
-def run_translation(repeats: int) -> dict:
-    """bench/translation.py's run() for each of its length profiles, each in a child (it sets its own thread count)."""
+def run_translation(args, run_info: dict) -> dict:
+    """bench/translation.py's run() (ordering) and run_engines() (engines) for each of its length profiles, each in a
+    child (it sets its own thread count)."""
+    import importlib.util
+
     from . import translation
 
-    results = [common.in_child(translation.run, repeats=repeats, profile=p) for p in translation.PROFILES]
-    return {"results": results, "markdown": translation.markdown(results)}
+    measured = {}
+    if "ordering" in args.translation_comparisons:
+        results = [
+            common.in_child(translation.run, repeats=args.translation_repeats, profile=p) for p in translation.PROFILES
+        ]
+        measured.update(results=results, markdown=translation.markdown(results), ordering_run=run_info)
+    if "engines" in args.translation_comparisons:
+        if importlib.util.find_spec("ctranslate2") is None:
+            logger.warning("Translation engines: ctranslate2 is not installed (pip install ctranslate2); not measured.")
+            return measured
+        cuda = torch.device(args.device).type == "cuda"
+        results = [
+            common.in_child(
+                translation.run_engines,
+                repeats=args.translation_repeats,
+                profile=p,
+                threads=args.threads,
+                batch_size=64 if cuda else 32,
+                compute_types=tuple(args.translation_compute_types),
+                model=args.translation_model,
+                device=args.device,
+                d_model=d_model,
+            )
+            for d_model in ([None] if args.translation_model else args.translation_engine_d_models)
+            for p in translation.PROFILES
+        ]
+        measured.update(engines=results, engines_markdown=translation.markdown_engines(results), engines_run=run_info)
+    return measured
+
+
+def merge_translation(old: dict | None, new: dict) -> dict:
+    """A run of one translation comparison (ordering, engines) replaces that comparison and keeps the other."""
+    return {**(old or {}), **new}
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    parser = HfArgumentParser(BenchArguments)
+    parser = MBlipArgumentParser(BenchArguments, prog="python -m mblip.bench", description=__doc__)
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        (args,) = parser.parse_command_line(argv)  # flags, or one .json/.yaml file followed by overriding flags
     except ValueError as err:
         parser.error(str(err))
     from .report import render
@@ -279,7 +348,7 @@ def main(argv=None) -> int:
     if "translation" in args.only:
         logger.info("Translation (bench/translation.py)")
         t0 = time.perf_counter()
-        results["translation"] = run_translation(args.translation_repeats)
+        results["translation"] = merge_translation(previous.get("translation"), run_translation(args, run_info))
         results["seconds"]["translation"] = time.perf_counter() - t0
     results["seconds"]["total"] = time.perf_counter() - start
     save(results, path)

@@ -55,8 +55,9 @@ def prepare(family: str, size: str, workdir: str | Path, rows: int = 64, device=
     from PIL import Image, ImageDraw
 
     from mblip import convert as convert_mblip
+    from mblip.cards import model_card
     from mblip.demo.tiny import CORPUS
-    from mblip.hub import model_card, save_model_repository
+    from mblip.hub import save_model_repository
 
     from .inference import build_pair
 
@@ -397,6 +398,11 @@ def mblip_side(spec: dict) -> dict:
         else:
             argv += [f"--{key}", str(value)]
     argv += ["--report_to", "none"]
+    # What the baseline does too, where train_mblip.py's defaults (the official recipe) differ: one optimizer step per
+    # batch, no augmentation, no token limit of our own, and the LLM quantized only when the spec says so.
+    argv += ["--gradient_accumulation_steps", "1", "--max_length", "0", "--load_in_8bit", "false"]
+    if not spec.get("image_features_cache"):
+        argv += ["--augment", "false"]
     if spec.get("image_features_cache"):
         # Built by this side's first run (before training starts, so outside the timed steps) and reused after.
         argv += ["--image_features_cache", spec["image_features_cache"]]

@@ -11,7 +11,13 @@ mean something. A random decoder rarely stops by itself, so each sentence runs t
 deduplication does not count in its favour. Three length profiles: the task mix one shard translates, one
 homogeneous caption set, and lengths spread uniformly.
 
-    python -m mblip.bench.translation            # markdown table; run() returns the numbers
+The second comparison, run_engines(), is between engines: CTranslate2 (``data.translate --engine ctranslate2``)
+against the transformers engine, both on the same length-sorted batches with the same decoding settings. The model
+is converted once with CTranslate2's own converter, as data.translate does; float32 outputs are compared sentence
+by sentence, and where they differ, the transformers model's scores at the first differing token show whether the
+two engines' arithmetic merely broke a near-tie. int8 is timed and its changed outputs counted.
+
+    python -m mblip.bench.translation            # markdown tables; run() and run_engines() return the numbers
 """
 
 from __future__ import annotations
@@ -83,6 +89,23 @@ def padding_bound(translator, texts: list[str], batch_size: int) -> dict:
     return {"naive": naive, "sorted": sorted_, "naive_over_sorted": naive / sorted_}
 
 
+def build_model(d_model: int, layers: int, seed: int = 0):
+    """The random NLLB-shaped model both comparisons time."""
+    from mblip.data.tiny_nllb import CORPUS, build_tiny_nllb
+
+    # The vocabulary is trained on the benchmark's words too, so English costs about 1.5 tokens per word, as with
+    # NLLB's 256k vocabulary; otherwise every word would split into letters and every budget hit the cap.
+    return build_tiny_nllb(
+        d_model=d_model,
+        layers=layers,
+        heads=4,
+        ffn=4 * d_model,
+        seed=seed,
+        vocab_size=400,
+        corpus=CORPUS + (" ".join(WORDS),) * 3,
+    )
+
+
 def run(
     repeats: int = 5,
     n_sentences: int = 192,
@@ -95,23 +118,12 @@ def run(
     seed: int = 0,
 ) -> dict:
     """Time both sides ``repeats`` times, alternating, and return medians, spreads, the ratio and output equality."""
-    from mblip.data.tiny_nllb import CORPUS, build_tiny_nllb
     from mblip.data.translate import Translator
 
     from .common import alternate, machine, paired_ratio, summary
 
     torch.set_num_threads(threads)  # one thread: stable numbers on a shared machine
-    # The vocabulary is trained on the benchmark's words too, so English costs about 1.5 tokens per word, as with
-    # NLLB's 256k vocabulary; otherwise every word would split into letters and every budget hit the cap.
-    model, tokenizer = build_tiny_nllb(
-        d_model=d_model,
-        layers=layers,
-        heads=4,
-        ffn=4 * d_model,
-        seed=seed,
-        vocab_size=400,
-        corpus=CORPUS + (" ".join(WORDS),) * 3,
-    )
+    model, tokenizer = build_model(d_model, layers, seed)
     translator = Translator(model, tokenizer, batch_size=batch_size, show_progress=False)
     texts = make_sentences(n_sentences, seed, profile)
 
@@ -179,5 +191,223 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------- engines
+ENGINE_GOAL = 3.0  # issue 19: CTranslate2 >= 3x the transformers engine's sentences/s ...
+ENGINE_IDENTICAL_SHARE = 0.99  # ... with float32 outputs identical on at least 99 % of sentences
+NEAR_TIE = 1e-3  # a first differing token whose two logits are this close (relative to the logits' spread) is a tie
+
+
+def sentence_ids(translator, texts: list[str], language: str) -> list[list[int]]:
+    """Each sentence's new tokens as the translator produces them in translate()'s batches (texts are unique), with
+    EOS appended where the sentence ended by itself."""
+    token_id = translator.target_token_id(language)
+    encoded = translator.tokenizer(texts)["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # translate()'s order: stable, longest first
+    out: list[list[int]] = [[] for _ in texts]
+    for start in range(0, len(order), translator.batch_size):
+        chunk = order[start : start + translator.batch_size]
+        for i, (ids, truncated) in zip(chunk, translator.generate_ids([encoded[i] for i in chunk], token_id)):
+            out[i] = list(ids) + ([] if truncated else [translator.eos_token_id])
+    return out
+
+
+@torch.inference_mode()
+def first_difference(model, tokenizer, text: str, a: list[int], b: list[int], start_id: int) -> dict:
+    """Where token lists ``a`` (the transformers engine's) and ``b`` first differ, and the transformers model's logits
+    of both tokens there, given ``a``'s prefix: a gap far below the logits' spread is a near-tie."""
+    k = next(i for i in range(min(len(a), len(b))) if a[i] != b[i])
+    source = tokenizer([text], return_tensors="pt").to(model.device)
+    decoder = torch.tensor([[start_id, *a[:k]]], device=model.device)
+    logits = model(**source, decoder_input_ids=decoder).logits[0, -1].float()
+    gap = (logits[a[k]] - logits[b[k]]).abs().item()
+    spread = logits.std().item()
+    return {"position": k, "gap": gap, "spread": spread, "relative_gap": gap / spread}
+
+
+def run_engines(
+    repeats: int = 5,
+    n_sentences: int = 192,
+    batch_size: int = 32,
+    profile: str = "task_mix",
+    d_model: int | None = 256,
+    layers: int = 2,
+    language: str = "de",
+    threads: int = 1,
+    seed: int = 0,
+    compute_types: tuple[str, ...] = ("float32", "int8"),
+    model: str | None = None,
+    device: str = "cpu",
+    cache_dir: str | None = None,
+) -> dict:
+    """CTranslate2 at each compute type against the transformers engine, ``repeats`` alternating rounds.
+
+    ``model`` (a local folder or Hub id) replaces the random CPU-size model: the GPU command times NLLB-1.3B itself.
+    The first compute type is the one whose outputs are checked for near-ties.
+    """
+    import tempfile
+    import time
+
+    import ctranslate2
+
+    from mblip.data.translate import CTranslate2Translator, Translator, ctranslate2_model
+
+    from .common import alternate, machine, paired_ratio, summary
+
+    torch.set_num_threads(threads)
+    texts = make_sentences(n_sentences, seed, profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        if model is None:
+            reference_model, tokenizer = build_model(d_model, layers, seed)
+            reference_model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            reference = Translator(reference_model, tokenizer, batch_size=batch_size, show_progress=False)
+            source = tmp
+        else:
+            reference = Translator.from_pretrained(model, device=device, batch_size=batch_size, show_progress=False)
+            source = model
+        started = time.perf_counter()
+        ctranslate2_model(source, cache_dir or tmp + "/ct2")  # timed apart: a real run converts once, ever
+        conversion_s = time.perf_counter() - started
+        engines = {
+            compute_type: CTranslate2Translator.from_pretrained(
+                source,
+                device=device,
+                compute_type=compute_type,
+                cache_dir=cache_dir or tmp + "/ct2",
+                batch_size=batch_size,
+                show_progress=False,
+            )
+            for compute_type in compute_types
+        }
+        # Warm-up, which also gives the outputs to compare.
+        outputs = {"transformers": [t.text for t in reference.translate(texts, language)]}
+        outputs.update({c: [t.text for t in e.translate(texts, language)] for c, e in engines.items()})
+        sides = {"transformers": lambda: reference.translate(texts, language)}
+        sides.update({f"ctranslate2 {c}": (lambda e=e: e.translate(texts, language)) for c, e in engines.items()})
+        times = alternate(sides, repeats, device)
+
+        checked = compute_types[0]
+        differing = [i for i, (a, b) in enumerate(zip(outputs["transformers"], outputs[checked])) if a != b]
+        ties = []
+        if differing:
+            ids_a = sentence_ids(reference, texts, language)
+            ids_b = sentence_ids(engines[checked], texts, language)
+            start_id = reference.model.generation_config.decoder_start_token_id
+            for i in differing:
+                if ids_a[i] != ids_b[i]:
+                    ties.append(
+                        first_difference(reference.model, reference.tokenizer, texts[i], ids_a[i], ids_b[i], start_id)
+                    )
+    result = {
+        name: {**summary(values), "sentences_per_s": n_sentences / summary(values)["median"]}
+        for name, values in times.items()
+    }
+    result["compute_types"] = {}
+    for compute_type in compute_types:
+        name = f"ctranslate2 {compute_type}"
+        identical = sum(a == b for a, b in zip(outputs["transformers"], outputs[compute_type], strict=True))
+        result["compute_types"][compute_type] = {
+            "side": name,
+            "speedup_per_round": paired_ratio(times["transformers"], times[name]),
+            "n_identical": identical,
+        }
+    result.update(
+        checked_compute_type=checked,
+        differences=ties,
+        near_ties=all(t["relative_gap"] < NEAR_TIE for t in ties),
+        conversion_s=conversion_s,
+        setup={
+            "repeats": repeats,
+            "n_sentences": n_sentences,
+            "batch_size": batch_size,
+            "profile": profile,
+            "d_model": d_model if model is None else None,
+            "layers": layers if model is None else None,
+            "model": model or "random",
+            "threads": threads,
+            "device": str(reference.device),
+            "parameters": sum(p.numel() for p in reference.model.parameters()),
+            "compute_types": list(compute_types),
+            "ctranslate2": ctranslate2.__version__,
+        },
+        machine=machine(device),
+    )
+    return result
+
+
+def engine_verdict(result: dict) -> str:
+    """Issue 19's goal for the first (float32) compute type."""
+    checked = result["compute_types"][result["checked_compute_type"]]
+    n = result["setup"]["n_sentences"]
+    reasons = []
+    if checked["speedup_per_round"]["median"] < ENGINE_GOAL:
+        reasons.append(f"{checked['speedup_per_round']['median']:.2f}x < {ENGINE_GOAL:.0f}x")
+    if checked["n_identical"] < ENGINE_IDENTICAL_SHARE * n:
+        reasons.append(f"{checked['n_identical']}/{n} identical")
+    elif checked["n_identical"] < n and not result["near_ties"]:
+        reasons.append("a differing output is not a near-tie")
+    return "not met: " + ", ".join(reasons) if reasons else "met"
+
+
+def markdown_engines(results: list[dict]) -> str:
+    """One table per model."""
+    groups: dict[tuple, list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["setup"]["model"], result["setup"]["d_model"]), []).append(result)
+    return "\n\n".join(_markdown_engines(group) for group in groups.values())
+
+
+def _markdown_engines(results: list[dict]) -> str:
+    setup = results[0]["setup"]
+    model = (
+        f"Random M2M100 d_model {setup['d_model']}, {setup['layers']}+{setup['layers']} layers"
+        if setup["model"] == "random"
+        else setup["model"]
+    )
+    lines = [
+        f"{model} ({setup['parameters'] / 1e6:.1f}M parameters), greedy, batch {setup['batch_size']}, length-sorted "
+        f"batches on both sides, {setup['n_sentences']} unique sentences per run, {setup['device']}, "
+        f"{setup['threads']} thread(s), {setup['repeats']} alternating repeats, CTranslate2 {setup['ctranslate2']}.",
+        "",
+        "| sentence lengths (words) | transformers engine: s (min-max), sent/s "
+        + "".join(
+            f"| CTranslate2 {c}: s (min-max), sent/s | speed-up (min-max) | identical outputs "
+            for c in setup["compute_types"]
+        )
+        + "|",
+        "| --- | --- " + "| --- | --- | --- " * len(setup["compute_types"]) + "|",
+    ]
+    for result in results:
+        profile = result["setup"]["profile"]
+        ranges = " / ".join(f"{low}-{high}" for low, high in PROFILES[profile])
+        cells = [_seconds(result["transformers"])]
+        for compute_type, entry in result["compute_types"].items():
+            ratio = entry["speedup_per_round"]
+            cells += [
+                _seconds(result[entry["side"]]),
+                f"{ratio['median']:.2f}x ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                f"{entry['n_identical']}/{result['setup']['n_sentences']}",
+            ]
+        lines.append(f"| {profile}: {ranges} | " + " | ".join(cells) + " |")
+    for result in results:
+        ties = result["differences"]
+        if ties:
+            worst = max(ties, key=lambda t: t["relative_gap"])
+            lines += [
+                "",
+                f"{result['setup']['profile']}, {result['checked_compute_type']}: {len(ties)} differing outputs; at the "
+                f"first differing token the transformers model's logits of the two engines' tokens differ by at most "
+                f"{worst['gap']:.2g} (logits' standard deviation {worst['spread']:.2g}, relative {worst['relative_gap']:.1e}): "
+                + ("near-ties of float32 arithmetic." if result["near_ties"] else "NOT all near-ties."),
+            ]
+    return "\n".join(lines)
+
+
+def _seconds(r: dict) -> str:
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f}), {r['sentences_per_s']:.1f}"
+
+
 if __name__ == "__main__":
-    print(markdown([run(profile=profile) for profile in ("task_mix", "captions", "uniform")]))
+    print(markdown([run(profile=profile) for profile in PROFILES]))
+    print()
+    print(markdown_engines([run_engines(profile=profile) for profile in PROFILES]))

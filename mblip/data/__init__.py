@@ -4,6 +4,7 @@
 
 Modules: ``languages`` (table, sampling, language identification), ``templates`` (prompt templates per task),
 ``filters`` (quality filters), ``inputs`` (reading and validating input rows), ``storage`` (atomic files and shards),
-``translate`` (translation engine, pipeline and command line), ``tiny_nllb`` (a random NLLB-shaped model for offline
-runs).
+``translate`` (translation engine, pipeline and command line), ``tasks`` (English rows of the official tasks from
+their source files), ``hard_negatives`` (CLIP hard negatives for caption matching), ``tiny_nllb`` (a random
+NLLB-shaped model for offline runs).
 """

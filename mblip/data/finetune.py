@@ -77,14 +77,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mblip.outputs import atomic_open, atomic_write_json
+
 from ..arguments import parse_args as parse_arguments
 from ..evaluation.tasks.base import find_annotation_file
 from ..evaluation.tasks.marvl import MaRVL
 from ..evaluation.tasks.xgqa import XGQA
 from ..evaluation.tasks.xvnli import LABELS as XVNLI_LABELS
 from ..evaluation.tasks.xvnli import XVNLI
-from .inputs import Columns, MalformedRows, check_malformed
-from .storage import atomic_open, atomic_write_json
+from .inputs import Columns, check_malformed, malformed_rows
 from .templates import TASKS as TEMPLATE_TASKS
 
 
@@ -113,7 +114,7 @@ class Reading:
         self.image_root = image_root
         self.count_labels = count_labels  # not for captions: one per row
         self.rows_read = 0
-        self.bad = MalformedRows()
+        self.bad = malformed_rows()
         self.skipped: Counter = Counter()  # rows that are not training rows at all (e.g. Karpathy's val/test images)
         self.labels: Counter = Counter()
         self._exists: dict[str, bool] = {}
@@ -125,9 +126,7 @@ class Reading:
         """Count `rows` training rows lost for `reason`; one example is kept with its location and the cause."""
         self.rows_read += rows
         excerpt = detail if row is None else f"{detail} | {json.dumps(row, ensure_ascii=False, default=str)}"
-        self.bad.add(where, reason, excerpt)  # type: ignore[arg-type]  # the location, not a row index
-        self.bad.count += rows - 1
-        self.bad.by_reason[reason] += rows - 1
+        self.bad.add(reason, where, excerpt, count=rows)
 
     def keep(self, row: dict) -> dict:
         self.rows_read += 1
@@ -540,6 +539,7 @@ def convert(
 
 def _report(task: str, reading: Reading, output, written: int, max_bad_rows: float, seed: int) -> dict:
     recipe = RECIPES[task]
+    reading.bad.total = reading.rows_read
     report = {
         "task": task,
         "benchmark": recipe.benchmark,

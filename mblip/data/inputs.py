@@ -11,11 +11,12 @@ import hashlib
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mblip.bad_rows import BadRows
 
 from .templates import TASKS, parse_match_label, resolve_task, tasks_message
 
@@ -45,23 +46,6 @@ class Example:
     image_id: str
     fields: dict[str, Any]  # role ("context", "label", "rationale") -> value
     extra: dict[str, Any]  # other input columns, passed through to the output
-
-
-@dataclass
-class MalformedRows:
-    count: int = 0
-    by_reason: Counter = field(default_factory=Counter)
-    examples: list[dict] = field(default_factory=list)
-
-    def add(self, index: int, reason: str, row: Any) -> None:
-        self.count += 1
-        self.by_reason[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES_KEPT:
-            excerpt = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str)
-            self.examples.append({"row": index, "reason": reason, "excerpt": excerpt[:300]})
-
-    def to_dict(self) -> dict:
-        return {"count": self.count, "by_reason": dict(self.by_reason.most_common()), "examples": self.examples}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,7 +178,7 @@ def validate_row(index: int, row: Any, columns: Columns, default_task: str | Non
         if role not in spec.slots:
             continue
         value = row.get(column)
-        if role == "label" and task == "matching":
+        if role == "label" and spec.yes_no:
             if value is None or (isinstance(value, str) and not value.strip()):
                 return None, "missing_target"
             if parse_match_label(value) is None:
@@ -215,29 +199,34 @@ def load_examples(
     default_task: str | None = None,
     split: str = "train",
     max_rows: int | None = None,
-) -> tuple[list[Example], MalformedRows, int]:
+) -> tuple[list[Example], BadRows, int]:
     """Valid examples, the malformed-row record, and the number of rows read."""
-    examples, malformed, n_rows = [], MalformedRows(), 0
+    examples, malformed, n_rows = [], malformed_rows(), 0
     for index, row in enumerate(iter_rows(source, split)):
         if max_rows is not None and index >= max_rows:
             break
         n_rows += 1
         example, reason = validate_row(index, row, columns, default_task)
         if example is None:
-            malformed.add(index, reason, row[1] if isinstance(row, tuple) and row and row[0] is _INVALID else row)
+            row = row[1] if isinstance(row, tuple) and row and row[0] is _INVALID else row
+            excerpt = row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str)
+            malformed.add(reason, index, excerpt)
         else:
             examples.append(example)
+    malformed.total = n_rows
     return examples, malformed, n_rows
 
 
-def check_malformed(malformed: MalformedRows, n_rows: int, max_bad_rows: float, columns: Columns) -> None:
+def malformed_rows() -> BadRows:
+    """The bad-row report of an input reader (mblip.bad_rows)."""
+    return BadRows(noun="input rows", state="malformed", max_examples=MAX_EXAMPLES_KEPT)
+
+
+def check_malformed(malformed: BadRows, n_rows: int, max_bad_rows: float, columns: Columns) -> None:
     """Fail clearly when more than ``max_bad_rows`` (a fraction) of the rows are malformed."""
     if n_rows == 0:
         raise ValueError("The input holds no rows.")
-    if malformed.count / n_rows <= max_bad_rows:
-        return
-    reasons = ", ".join(f"{reason}: {count}" for reason, count in malformed.by_reason.most_common())
-    examples = "\n".join(f"  row {e['row']} ({e['reason']}): {e['excerpt']}" for e in malformed.examples)
+    malformed.total = n_rows
     hints = []
     if malformed.by_reason.get("missing_task"):
         hints.append(f"rows need a {columns.task!r} column or --task")
@@ -247,8 +236,4 @@ def check_malformed(malformed: MalformedRows, n_rows: int, max_bad_rows: float, 
         hints.append(f"the image column is {columns.image!r} (--image_column)")
     if malformed.by_reason.get("missing_target"):
         hints.append(f"the target column is {columns.label!r} (--target_column)")
-    hint = ("\nHints: " + "; ".join(hints)) if hints else ""
-    raise ValueError(
-        f"{malformed.count} of {n_rows} input rows ({malformed.count / n_rows:.1%}) are malformed, more than "
-        f"--max_bad_rows={max_bad_rows}. By reason: {reasons}.\nExamples:\n{examples}{hint}"
-    )
+    malformed.check(max_bad_rows, hint=("Hints: " + "; ".join(hints)) if hints else "")

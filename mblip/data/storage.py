@@ -1,88 +1,15 @@
-"""Crash-safe files: atomic writes, jsonl shards, and the final jsonl/parquet task mix.
-
-Every file is written to a temporary name in its final directory, flushed and fsynced, then moved into place with
-``os.replace``. A run killed at any moment leaves either the old file or the new one, never half of one; temporaries
-left behind by a kill carry a ``.tmp`` suffix and are removed on the next start.
+"""The task mix's final file, as jsonl or parquet, written atomically through mblip.outputs (the owner of atomic
+writes, settings checks and done markers).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable
 
-
-TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets a directory be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open a temporary file next to ``path``; on success it replaces ``path``, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    kwargs = {"encoding": encoding} if "b" not in mode else {}
-    try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    with atomic_open(path) as handle:
-        json.dump(obj, handle, ensure_ascii=False, indent=2)
-        handle.write("\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    count = 0
-    with atomic_open(path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    return count
-
-
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete temporaries a killed run left in ``directory``; returns how many."""
-    removed = 0
-    for tmp in Path(directory).glob(f".*{TMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-            removed += 1
-    return removed
+# atomic_write_json is re-exported for mblip/training.py only, until its import moves to mblip.outputs.
+from mblip.outputs import atomic_open, atomic_write_json, write_jsonl  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------------------------

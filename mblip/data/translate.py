@@ -8,21 +8,30 @@
 Each example gets a target language (temperature sampling over mC4 sizes with a per-language floor by default; the
 paper's mC4-proportional split with ``--sampling mc4``), its text fields are machine-translated with NLLB, the
 translations are filtered, and the example is rendered into the ``image_id``/``context``/``label`` columns that
-train_mblip.py reads, plus ``lang`` and ``task``. Arguments can also come from one JSON or YAML file:
-``python -m mblip.data.translate mix.yaml``.
+train_mblip.py reads, plus ``lang`` and ``task``. Arguments can also come from one JSON or YAML file, with flags
+after it overriding it: ``python -m mblip.data.translate mix.yaml --output mix-v2/``.
 
 Work is split into shards of one language each. A shard is written atomically with a done-marker; a killed run
 restarted with the same command skips finished shards and produces no duplicates. The final file (``train.jsonl`` or
 ``train.parquet``) and ``report.json`` (filter counts per language and reason, malformed rows) are written once all
 shards are done.
+
+Two engines translate. ``--engine ctranslate2`` (the default, ``auto``, where the ctranslate2 package is installed)
+converts the model once with CTranslate2's own converter, caches the copy, and decodes at ``--compute_type``
+(default: float32 on CPU, bfloat16 on CUDA; int8 is faster and changes some outputs). ``--engine transformers``
+runs ``generate``. Both share batching, budgets, filters, sharding and resumption, and in float32 give the same
+translations up to near-ties (BENCHMARKS.md). A run resumes only with the engine and compute type it started with.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -69,6 +78,7 @@ from .templates import (
     render_example,
     resolve_task,
     tasks_message,
+    use_translation,
 )
 
 
@@ -76,6 +86,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 OUTPUT_FORMATS = ("jsonl", "parquet")
+ENGINES = ("auto", "transformers", "ctranslate2")
+CT2_COMPUTE_TYPES = ("float32", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16")
+CT2_INSTALL = "pip install ctranslate2 (CPU and CUDA 12 wheels on PyPI)"
 
 
 # ================================================================================================================
@@ -171,6 +184,12 @@ class LanguageArguments:
             "help": "Share of prompts from translated templates; the rest name the language in English. Default: the paper's uniform mix over both."
         },
     )
+    translated_label_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "VQA and question generation: share of examples whose short answer is translated (when the translation passes the filters and differs); the rest keep the English answer, as in the official code (0.5)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed of language, template and shard assignment."})
 
     def __post_init__(self):
@@ -185,7 +204,7 @@ class LanguageArguments:
             )
         if self.min_examples_per_language < 0:
             raise ValueError(f"--min_examples_per_language must be >= 0, got {self.min_examples_per_language}.")
-        for name in ("english_share", "translated_prompt_share"):
+        for name in ("english_share", "translated_prompt_share", "translated_label_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"--{name} must be within [0, 1], got {value}.")
@@ -218,7 +237,31 @@ class TranslationArguments:
     split_sentences: bool = field(
         default=True, metadata={"help": "Translate multi-sentence texts sentence by sentence."}
     )
-    bf16: bool = field(default=True, metadata={"help": "bfloat16 weights on CUDA (ignored on CPU)."})
+    bf16: bool = field(
+        default=True,
+        metadata={"help": "bfloat16 on CUDA (ignored on CPU); with ctranslate2, the default --compute_type there."},
+    )
+    engine: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers (generate), ctranslate2 (CTranslate2: the model is converted once and cached), or "
+            "auto: ctranslate2 when installed, else transformers. Resuming with another engine is refused."
+        },
+    )
+    compute_type: str | None = field(
+        default=None,
+        metadata={
+            "help": f"CTranslate2 compute type, of {', '.join(CT2_COMPUTE_TYPES)}. Default: the transformers "
+            "engine's precision (float32 on CPU, bfloat16 on CUDA with --bf16); int8 (CPU) and int8_float16 (CUDA) "
+            "are faster and change some outputs."
+        },
+    )
+    ctranslate2_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where converted models are kept (default: huggingface_hub's assets cache, mblip/ctranslate2)."
+        },
+    )
     shard_size: int = field(default=10_000, metadata={"help": "Examples per shard, the unit of resumption."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
@@ -232,6 +275,28 @@ class TranslationArguments:
             raise ValueError(
                 f"--lang_token_format must be 'nllb' or contain {{iso}} or {{nllb}}, got {self.lang_token_format!r}."
             )
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}.")
+        # Resolved here, so that the run config records the engine that ran, and a resumption with another refuses.
+        if self.engine == "auto":
+            self.engine = "ctranslate2" if ctranslate2_available() else "transformers"
+        elif self.engine == "ctranslate2":
+            import_ctranslate2()  # how to get it, before any work
+        if self.compute_type is not None:
+            if self.engine != "ctranslate2":
+                installed = "" if ctranslate2_available() else f" (ctranslate2 is not installed: {CT2_INSTALL})"
+                raise ValueError(
+                    f"--compute_type is a CTranslate2 setting, but the engine is {self.engine}{installed}."
+                )
+            if self.compute_type not in CT2_COMPUTE_TYPES:
+                raise ValueError(
+                    f"--compute_type must be one of {', '.join(CT2_COMPUTE_TYPES)}, got {self.compute_type!r}."
+                )
+
+    def resolve_compute_type(self, device: torch.device | str) -> None:
+        """The CTranslate2 default depends on the device: fixed before the run config records it."""
+        if self.engine == "ctranslate2" and self.compute_type is None:
+            self.compute_type = default_compute_type(device, self.bf16)
 
 
 @dataclass
@@ -268,7 +333,15 @@ class FilterArguments:
 
 # Options that do not change the output: they may differ between a run and its resumption (a smaller batch after an
 # out-of-memory error, another output format).
-RESUME_INSENSITIVE = {"batch_size", "progress", "output_format", "output_name", "max_bad_rows", "overwrite_output_dir"}
+RESUME_INSENSITIVE = {
+    "batch_size",
+    "progress",
+    "output_format",
+    "output_name",
+    "max_bad_rows",
+    "overwrite_output_dir",
+    "ctranslate2_cache_dir",
+}
 
 
 # ================================================================================================================
@@ -329,7 +402,7 @@ class Translator:
         sort_by_length: bool = True,
         show_progress: bool = True,
     ):
-        self.model = model.eval()
+        self.model = self._prepare(model)
         self.tokenizer = tokenizer
         if hasattr(tokenizer, "src_lang"):
             tokenizer.src_lang = src_lang
@@ -346,10 +419,20 @@ class Translator:
         self.max_source_length = max_source_length
         self.sort_by_length = sort_by_length
         self.show_progress = show_progress
-        eos = model.generation_config.eos_token_id
-        self.eos_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+        self.eos_token_id = self._end_token_id(model, tokenizer)
         self.generate_calls = 0
         self.sentences_translated = 0
+
+    engine = "transformers"
+
+    @staticmethod
+    def _prepare(model):
+        return model.eval()
+
+    @staticmethod
+    def _end_token_id(model, tokenizer) -> int:
+        eos = model.generation_config.eos_token_id
+        return eos[0] if isinstance(eos, (list, tuple)) else eos
 
     @classmethod
     def from_pretrained(
@@ -410,20 +493,30 @@ class Translator:
         )
 
     @torch.inference_mode()
-    def generate_batch(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[Translation]:
-        """Translate one batch of tokenized sentences (no sorting here)."""
+    def generate_ids(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[tuple[list[int], bool]]:
+        """Each sentence's new tokens (target-language token first, EOS left out) and whether it used up its budget.
+
+        The engine's one job: subclasses run another engine with the same decoding settings (CTranslate2Translator).
+        """
         caps = self.budgets([len(ids) for ids in input_ids])
         batch = self.tokenizer.pad({"input_ids": [list(ids) for ids in input_ids]}, return_tensors="pt").to(self.device)
         self.generate_calls += 1
         out = self.model.generate(**batch, **self.generation_kwargs(token_id, caps))
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         results = []
-        for row, text, cap in zip(out.tolist(), texts, caps, strict=True):
+        for row, cap in zip(out.tolist(), caps, strict=True):
             # row[0] is the decoder start token; the first EOS after it ends the translation.
             end = next((i for i in range(1, len(row)) if row[i] == self.eos_token_id), None)
-            truncated = end is None or end >= cap
-            results.append(Translation(text.strip(), "truncated" if truncated else "ok"))
+            results.append((row[1:end], end is None or end >= cap))
         return results
+
+    def generate_batch(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[Translation]:
+        """Translate one batch of tokenized sentences (no sorting here)."""
+        outputs = self.generate_ids(input_ids, token_id)
+        texts = self.tokenizer.batch_decode([ids for ids, _ in outputs], skip_special_tokens=True)
+        return [
+            Translation(text.strip(), "truncated" if truncated else "ok")
+            for text, (_, truncated) in zip(texts, outputs, strict=True)
+        ]
 
     def translate(self, texts: Sequence[str], language: str, desc: str | None = None) -> list[Translation]:
         """Translate ``texts`` from English into ``language`` (an ISO code of the table)."""
@@ -459,6 +552,223 @@ class Translator:
                 bar.update(len(chunk))
         self.sentences_translated += len(todo)
         return [results[text] for text in texts]
+
+
+# ---- CTranslate2 ------------------------------------------------------------------------------------------------
+
+
+def ctranslate2_available() -> bool:
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def import_ctranslate2():
+    try:
+        import ctranslate2
+    except ImportError as error:
+        raise ValueError(
+            f"--engine ctranslate2 needs the ctranslate2 package: {CT2_INSTALL}; or use --engine transformers."
+        ) from error
+    return ctranslate2
+
+
+def default_compute_type(device: torch.device | str, bf16: bool = True) -> str:
+    """The transformers engine's precision on the same device, so that switching engines keeps the outputs: float32
+    on CPU (where its outputs are the transformers engine's), bfloat16 on CUDA with --bf16. Faster and further from
+    them: int8 (CPU), int8_float16 (CUDA)."""
+    return "bfloat16" if bf16 and torch.device(device).type == "cuda" else "float32"
+
+
+def check_compute_type(device: torch.device | str, compute_type: str) -> None:
+    """A clear error, before any conversion, when this machine cannot run the engine at this compute type."""
+    ctranslate2 = import_ctranslate2()
+    kind = torch.device(device).type
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"CTranslate2 runs on cpu and cuda, not {kind}; use --engine transformers.")
+    if kind == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+        raise ValueError(
+            f"CTranslate2 {ctranslate2.__version__} sees no CUDA device (a CPU-only build, or a CUDA version it does "
+            f"not support); on cpu it supports: {', '.join(sorted(ctranslate2.get_supported_compute_types('cpu')))}. "
+            "Use --engine transformers on this GPU."
+        )
+    supported = sorted(ctranslate2.get_supported_compute_types(kind))
+    if compute_type not in supported:
+        raise ValueError(
+            f"--compute_type {compute_type} cannot run on {kind} here; CTranslate2 supports: {', '.join(supported)}."
+        )
+
+
+def _model_fingerprint(name_or_path: str) -> tuple[str, str | None]:
+    """(fingerprint, Hub revision): the content of a local folder's files, or a Hub model's current commit."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
+            digest.update(file.name.encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return "sha256:" + digest.hexdigest(), None
+    from huggingface_hub import hf_hub_download
+
+    # The cached config lives in snapshots/<commit>/: the revision the Hub (or, offline, the cache) resolves to now.
+    commit = Path(hf_hub_download(name_or_path, "config.json")).parent.name
+    return f"hub:{name_or_path}@{commit}", commit
+
+
+def ctranslate2_model(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The CTranslate2 copy of a Transformers checkpoint, converted by CTranslate2's own converter on first use and
+    reused afterwards.
+
+    The copy is keyed by a fingerprint of the source (its files' content, or its Hub commit) and the CTranslate2
+    version, so an edited or updated model is converted again. Weights keep the checkpoint's precision; the compute
+    type is chosen when loading, so one copy serves every --compute_type. A file lock makes data-parallel processes
+    convert once; the copy is written to a temporary folder and renamed, so a killed conversion leaves no half copy.
+    """
+    ctranslate2 = import_ctranslate2()
+    from ctranslate2.converters import TransformersConverter
+    from filelock import FileLock
+    from huggingface_hub import cached_assets_path
+
+    fingerprint, revision = _model_fingerprint(str(name_or_path))
+    key = hashlib.sha256(f"{fingerprint} ctranslate2-{ctranslate2.__version__}".encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir else cached_assets_path("mblip", namespace="ctranslate2")
+    name = Path(name_or_path).resolve().name if Path(name_or_path).is_dir() else str(name_or_path).replace("/", "--")
+    target = root / f"{name}-{key}"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{target}.lock"):
+        if (target / "model.bin").is_file():
+            logger.info("Using the CTranslate2 copy of %s in %s.", name_or_path, target)
+            return target
+        for stale in root.glob(f".{target.name}.*.tmp"):  # a conversion killed before its rename
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = root / f".{target.name}.{os.getpid()}.tmp"
+        logger.info("Converting %s for CTranslate2 %s into %s (once).", name_or_path, ctranslate2.__version__, target)
+        try:
+            TransformersConverter(str(name_or_path), revision=revision).convert(str(partial), force=True)
+        except Exception as error:  # noqa: BLE001 - CTranslate2's reason goes to the user
+            shutil.rmtree(partial, ignore_errors=True)
+            raise ValueError(
+                f"CTranslate2 cannot convert {name_or_path}: {error}\nUse --engine transformers for this model."
+            ) from error
+        atomic_write_json(
+            partial / "mblip_source.json",
+            {"source": str(name_or_path), "fingerprint": fingerprint, "ctranslate2": ctranslate2.__version__},
+        )
+        os.replace(partial, target)
+    return target
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+class CTranslate2Translator(Translator):
+    """The same translator on CTranslate2, the inference engine made for NLLB-class models.
+
+    Everything but the decoding is shared with the transformers engine: tokenizer, deduplication, length-sorted
+    batches, budgets, statuses. Decoding uses the same settings: greedy or beam search of the same size, the model's
+    length and repetition penalties, the forced target-language token as target prefix, and each sentence's own
+    budget (a batch decodes to its longest budget, and each row is cut at its own: for greedy search exactly what
+    the transformers engine's forced EOS does). In float32 on CPU its outputs are the transformers engine's up to
+    near-ties of the two engines' arithmetic (BENCHMARKS.md counts them); with beam search the two implementations
+    can also rank finished hypotheses differently.
+    """
+
+    engine = "ctranslate2"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        compute_type: str = "float32",
+        length_penalty: float = 1.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        **kwargs,
+    ):
+        super().__init__(model, tokenizer, **kwargs)
+        self.compute_type = compute_type
+        self.length_penalty = length_penalty
+        self.repetition_penalty = repetition_penalty
+        self.no_repeat_ngram_size = no_repeat_ngram_size
+
+    @staticmethod
+    def _prepare(model):
+        return model
+
+    @staticmethod
+    def _end_token_id(model, tokenizer) -> int:
+        return tokenizer.eos_token_id  # the converter takes the end token from the tokenizer
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        device: torch.device | str = "cpu",
+        bf16: bool = True,
+        compute_type: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> CTranslate2Translator:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        ctranslate2 = import_ctranslate2()
+        device = torch.device(device)
+        compute_type = compute_type or default_compute_type(device, bf16)
+        check_compute_type(device, compute_type)
+        path = ctranslate2_model(name_or_path, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, src_lang=kwargs.get("src_lang", "eng_Latn"))
+        try:
+            generation = GenerationConfig.from_pretrained(name_or_path)
+        except OSError:  # no generation_config.json: transformers' defaults, as generate uses
+            generation = GenerationConfig()
+        model = ctranslate2.Translator(
+            str(path),
+            device=device.type,
+            device_index=device.index or 0,
+            compute_type=compute_type,
+            # The transformers engine's thread count: data-parallel CPU processes must not oversubscribe the cores.
+            intra_threads=torch.get_num_threads() if device.type == "cpu" else 0,
+        )
+        logger.info("Loaded %s with CTranslate2 on %s (%s).", name_or_path, device, compute_type)
+        return cls(
+            model,
+            tokenizer,
+            compute_type=compute_type,
+            # Unset (None) means generate's defaults: no penalty.
+            length_penalty=_or(generation.length_penalty, 1.0),
+            repetition_penalty=_or(generation.repetition_penalty, 1.0),
+            no_repeat_ngram_size=_or(generation.no_repeat_ngram_size, 0),
+            **kwargs,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.model.device, self.model.device_index[0] if self.model.device == "cuda" else None)
+
+    def generate_ids(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[tuple[list[int], bool]]:
+        caps = self.budgets([len(ids) for ids in input_ids])
+        prefix = [self.tokenizer.convert_ids_to_tokens(token_id)]
+        self.generate_calls += 1
+        results = self.model.translate_batch(
+            [self.tokenizer.convert_ids_to_tokens(list(ids)) for ids in input_ids],
+            target_prefix=[prefix] * len(input_ids),
+            beam_size=self.num_beams,
+            length_penalty=self.length_penalty,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            max_decoding_length=max(caps),  # counts the target-language token, as the budgets do
+            max_input_length=0,  # sources were checked against --max_source_length already
+            return_end_token=True,
+        )
+        outputs = []
+        for result, cap in zip(results, caps, strict=True):
+            ids = self.tokenizer.convert_tokens_to_ids(result.hypotheses[0])
+            # New token number cap is the last one the budget allows, and only as EOS (see LengthCapLogitsProcessor).
+            end = ids.index(self.eos_token_id) + 1 if self.eos_token_id in ids else len(ids) + 1
+            outputs.append((ids[: min(end, cap) - 1], end >= cap))
+        return outputs
 
 
 # ================================================================================================================
@@ -626,7 +936,7 @@ def plan_assignments(
             temperature=args.temperature,
             language_floor=args.language_floor,
             min_examples=args.min_examples_per_language,
-            english_share=args.english_share,
+            english_share=1.0 if TASKS[task].english_only else args.english_share,
             context=f"task {task!r} ({len(indices)} examples)",
         )
         plan[task] = {code: n for code, n in counts.items() if n}
@@ -635,8 +945,11 @@ def plan_assignments(
 
 
 def template_draws(n_rows: int, seed: int) -> np.ndarray:
-    """Two uniform numbers per input row: prompt template and target template."""
-    return np.random.default_rng(stable_seed(seed, "templates")).random((n_rows, 2))
+    """Three uniform numbers per input row: prompt template, target template, and whether a translated short answer
+    is used (templates.use_translation); the third has its own stream, so the first two are as before."""
+    templates = np.random.default_rng(stable_seed(seed, "templates")).random((n_rows, 2))
+    labels = np.random.default_rng(stable_seed(seed, "labels")).random((n_rows, 1))
+    return np.concatenate([templates, labels], axis=1)
 
 
 def make_shards(assignment: dict[int, str], shard_size: int) -> list[Shard]:
@@ -705,13 +1018,18 @@ def process_shard(
     for example, slots in items:
         spec = TASKS[example.task]
         reason, langids = None, []
+        u_prompt, u_target, u_label = draws[example.index]
+        answer_in_english = spec.optional_translation is not None
         if language != ENGLISH:
-            translated = [outputs[(example.index, slot)] for slot in spec.translated]
+            # The optional short answer (VQA, question generation) never drops its example: when its translation
+            # fails the filters or is not drawn, the English answer stays.
+            required = [slot for slot in spec.translated if slot != spec.optional_translation]
+            translated = [outputs[(example.index, slot)] for slot in required]
             reason, langids = check_fields(
-                [slots[slot] for slot in spec.translated],
+                [slots[slot] for slot in required],
                 [t.text for t in translated],
                 [t.status for t in translated],
-                [slot in spec.short for slot in spec.translated],
+                [slot in spec.short for slot in required],
                 language,
                 filter_config,
             )
@@ -720,9 +1038,19 @@ def process_shard(
                     **slots,
                     **{
                         slot: _match_final_punctuation(slots[slot], t.text) if slot in spec.short else t.text
-                        for slot, t in zip(spec.translated, translated, strict=True)
+                        for slot, t in zip(required, translated, strict=True)
                     },
                 }
+            optional = spec.optional_translation
+            if reason is None and optional is not None:
+                output = outputs[(example.index, optional)]
+                failed, _ = check_fields(
+                    [slots[optional]], [output.text], [output.status], [True], language, filter_config
+                )
+                text = None if failed else _match_final_punctuation(slots[optional], output.text)
+                if use_translation(slots[optional], text, u_label, language_args.translated_label_share):
+                    slots = {**slots, optional: text}
+                    answer_in_english = False
         if reason is None:
             task_templates = templates[example.task]
             if not (task_templates.named or task_templates.translated) or (spec.targets and not task_templates.targets):
@@ -730,9 +1058,14 @@ def process_shard(
         report.add(language, example.task, reason, langids)
         if reason is not None:
             continue
-        u_prompt, u_target = draws[example.index]
         context, label = render_example(
-            spec, task_templates, slots, u_prompt, u_target, language_args.translated_prompt_share
+            spec,
+            task_templates,
+            slots,
+            u_prompt,
+            u_target,
+            language_args.translated_prompt_share,
+            answer_in_english=answer_in_english and spec.named_language == "answer",
         )
         row = {
             "_index": example.index,
@@ -776,6 +1109,7 @@ def _check_or_write_run_config(out: Path, config: dict, overwrite: bool) -> None
     if path.exists() and not overwrite:
         previous = read_json(path)
         old, new = previous.get("settings", {}), config["settings"]
+        old = {"engine": "transformers", "compute_type": None, **old}  # recorded before the engine was a setting
         diffs = [
             f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
         ]
@@ -835,8 +1169,12 @@ class _LazyTranslator:
     def __call__(self) -> Translator:
         if self.translator is None:
             a = self.args
-            self.translator = Translator.from_pretrained(
+            engine = {}
+            if a.engine == "ctranslate2":
+                engine = {"compute_type": a.compute_type, "cache_dir": a.ctranslate2_cache_dir}
+            self.translator = (CTranslate2Translator if engine else Translator).from_pretrained(
                 a.model,
+                **engine,
                 device=self.device,
                 bf16=a.bf16,
                 src_lang=a.src_lang,
@@ -917,6 +1255,7 @@ def build_task_mix(
     state = _partial_state()
     out = Path(data_args.output)
     source = data_args.input if source is None else source
+    translation_args.resolve_compute_type(state.device)
     started = time.time()
 
     # ---- input -------------------------------------------------------------------------------------------------
@@ -1014,6 +1353,8 @@ def build_task_mix(
         **filters.to_dict(),
         "templates": store.report(),
         "model": translation_args.model,
+        "engine": translation_args.engine,
+        "compute_type": translation_args.compute_type,
         "shards": len(shards),
         "seconds_this_run": round(time.time() - started, 1),
     }
@@ -1055,19 +1396,15 @@ def _log_summary(report: dict) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    from transformers import HfArgumentParser
+    """Flags, or one .json/.yaml file followed by flags that override it (mblip/arguments.py)."""
+    from mblip.arguments import parse_args as parse_arguments
 
-    parser = HfArgumentParser(
+    return parse_arguments(
         (DataArguments, LanguageArguments, TranslationArguments, FilterArguments),
+        argv,
         prog="python -m mblip.data.translate",
         description="Translate English vision-and-language examples into mBLIP's multilingual task mix.",
     )
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from transformers import (
     BlipImageProcessor,
     BloomConfig,
@@ -30,10 +29,12 @@ from transformers import (
 )
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
+from mblip.cards import model_card
 from mblip.configuration_mblip import MBlipConfig
-from mblip.data.storage import atomic_write_json
-from mblip.hub import model_card, save_model_repository
+from mblip.hub import save_model_repository
+from mblip.images import open_image
 from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.outputs import atomic_write_json
 from mblip.processing_mblip import MBlipProcessor
 
 from .tiny import BOS, EOS, PAD
@@ -210,7 +211,7 @@ def pixel_cache(processor: MBlipProcessor, image_paths: list[Path]) -> dict[Path
     unique = sorted(set(image_paths))
     pixels = []
     for start in range(0, len(unique), 256):
-        images = [Image.open(path).convert("RGB") for path in unique[start : start + 256]]
+        images = [open_image(path).convert("RGB") for path in unique[start : start + 256]]
         pixels.append(processor.image_processor(images, return_tensors="pt")["pixel_values"])
     return dict(zip(unique, torch.cat(pixels)))
 

@@ -26,13 +26,13 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mblip.data.storage import atomic_write_json
+from mblip.cards import PROJECT_LICENSE
+from mblip.outputs import atomic_write_json
 
 from .pretrain import Schedule
 from .world import LANGUAGES
@@ -212,7 +212,7 @@ def check_settings(paths: Paths, settings: dict) -> None:
 def build_world(paths: Paths, budget: Budget, seed: int) -> dict:
     """Images (kept if present: pixels are a function of the scene), training files and the held-out benchmark
     files (rewritten: cheap and deterministic). Returns the rows of each training stage."""
-    from mblip.data.storage import write_jsonl
+    from mblip.outputs import write_jsonl
 
     from .mix import image_rows, text_rows
     from .world import make_scenes, save_images, write_xgqa, write_xm3600
@@ -319,6 +319,20 @@ def realign_arguments(paths: Paths, budget: Budget, seed: int, pivot: bool) -> l
         "cosine",
         "--weight_decay",
         "0.0",
+        # The demo's settings where train_mblip.py's defaults (the official recipe) differ: fp32, no augmentation or
+        # activation checkpointing, no token limit, a fresh projection, and one optimizer step per batch.
+        "--bf16",
+        "false",
+        "--augment",
+        "false",
+        "--activation_checkpointing",
+        "false",
+        "--max_length",
+        "0",
+        "--projection_init",
+        "random",
+        "--gradient_accumulation_steps",
+        "1",
         "--logging_steps",
         str(max(1, r.steps // 60)),
         "--save_strategy",
@@ -333,6 +347,9 @@ def realign_arguments(paths: Paths, budget: Budget, seed: int, pivot: bool) -> l
         str(seed),
         "--dataloader_num_workers",
         "0",
+        # Every part was made by this demo, so the model carries the toolkit's own licence.
+        "--license",
+        PROJECT_LICENSE,
     ]
 
 
@@ -460,10 +477,9 @@ def main(output_dir: str = "outputs/demo", quick: bool = False, english_pivot: b
 
 
 def parse_args(argv: list[str] | None = None) -> DemoArguments:
-    from transformers import HfArgumentParser
+    from mblip.arguments import parse_args as parse_arguments
 
-    parser = HfArgumentParser(DemoArguments, description=__doc__.split("\n\n")[0])
-    (arguments,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    (arguments,) = parse_arguments(DemoArguments, argv, description=__doc__.split("\n\n")[0])
     return arguments
 
 

@@ -178,7 +178,8 @@ def main(output_dir: str = "outputs/tiny-mblip"):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from mblip.hub import model_card, save_model_repository
+    from mblip.cards import model_card
+    from mblip.hub import save_model_repository
     from mblip.modeling_mblip import MBlipForConditionalGeneration
 
     processor = tiny_processor("mt5")

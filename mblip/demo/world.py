@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mblip.data.storage import atomic_open, write_jsonl
+from mblip.outputs import atomic_open, write_jsonl
 
 
 LANGUAGES = ("en", "de", "pt", "id", "ru", "zh", "ko", "bn")

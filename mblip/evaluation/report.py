@@ -10,6 +10,10 @@ import logging
 import math
 from pathlib import Path
 
+from huggingface_hub import EvalResult
+
+from mblip.cards import model_index_yaml
+
 from .tasks import TASKS, Task, get_task
 
 
@@ -26,6 +30,9 @@ METRIC_NAMES = {
     "pope_precision": "Precision",
     "pope_recall": "Recall",
     "pope_yes_ratio": "Yes ratio",
+    "vqa_acc": "VQA acc.",
+    "chair_s": "CHAIR-s",
+    "chair_i": "CHAIR-i",
 }
 
 
@@ -146,38 +153,35 @@ def model_name(model: str) -> str:
     return path.name if path.exists() else model
 
 
-def model_index(model: str, results_by_task: dict[str, list[dict]]) -> dict:
-    """The `model-index` block of a Hub model card, one entry per task, split and language."""
-    entries = []
+def eval_results(results_by_task: dict[str, list[dict]]) -> list[EvalResult]:
+    """The model card's evaluation results (its `model-index`): one per task, split, language and metric."""
+    found = []
     for task_name, results in results_by_task.items():
         task = get_task(task_name)
         for result in results:
-            metrics = [
-                {"type": m, "value": round(float(result["metrics"][m]), 2), "name": METRIC_NAMES.get(m, m)}
-                for m in task.metrics
-                if result["metrics"].get(m) is not None
-            ]
-            if not metrics:
-                continue
-            entries.append(
-                {
-                    "task": {"type": task.hf_task_type, "name": task.hf_task_name},
-                    "dataset": {
-                        "type": task.dataset_type,
-                        "name": f"{task.title} ({result['language']}, {result['split']})",
-                        "config": result["language"],
-                        "split": result["split"],
-                    },
-                    "metrics": metrics,
-                }
-            )
-    return {"model-index": [{"name": model_name(model), "results": entries}]}
+            for metric in task.metrics:
+                value = result["metrics"].get(metric)
+                if value is None or math.isnan(value):
+                    continue
+                found.append(
+                    EvalResult(
+                        task_type=task.hf_task_type,
+                        task_name=task.hf_task_name,
+                        dataset_type=task.dataset_type,
+                        dataset_name=f"{task.title} ({result['language']}, {result['split']})",
+                        dataset_config=result["language"],
+                        dataset_split=result["split"],
+                        metric_type=metric,
+                        metric_value=round(float(value), 2),
+                        metric_name=METRIC_NAMES.get(metric, metric),
+                    )
+                )
+    return found
 
 
 def write_reports(output_dir: Path, task: Task, model: str) -> str:
-    """The task's results.md and results.png, and the output folder's results.md and model-index.yaml."""
-    import yaml
-
+    """The task's results.md and results.png, and the output folder's results.md and model-index.yaml (the
+    `model-index` block exactly as a model card holds it: mblip/cards.py merges it into one)."""
     task_dir = output_dir / task.name
     results = load_results(task, task_dir, model)
     table = markdown_table(task, results)
@@ -193,6 +197,6 @@ def write_reports(output_dir: Path, task: Task, model: str) -> str:
                 results_by_task[name] = found
     tables = [markdown_table(get_task(name), found) for name, found in results_by_task.items()]
     (output_dir / "results.md").write_text("\n".join(tables), encoding="utf-8")
-    block = yaml.safe_dump(model_index(model, results_by_task), sort_keys=False, allow_unicode=True)
+    block = model_index_yaml(model_name(model), eval_results(results_by_task))
     (output_dir / "model-index.yaml").write_text(block, encoding="utf-8")
     return table

@@ -3,7 +3,8 @@
     python -m eval --model Gregor/mblip-mt0-xl --task xm3600 --languages de,fr,zh \
         --data_dir benchmarks/xm3600 --image_dir benchmarks/xm3600/images --output_dir results/mblip-mt0-xl
 
-or with the same keys in one JSON or YAML file: `python -m eval eval_xm3600.yaml`.
+or with the same keys in one JSON or YAML file, flags after it overriding it:
+`python -m eval eval_xm3600.yaml --languages de`.
 
 Tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope (see eval/README.md for each benchmark's files). The
 paper's prompts and decoding settings are the defaults; `--prompt`, `--num_beams`, `--max_new_tokens`, ... override.
@@ -19,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from mblip.images import ImageDecodeError, open_image
+from mblip.loading import DTYPE_HELP, DTYPES, describe_quantization, load_for_inference
 
 from .prompts import PROMPT_LANGUAGES, check_template, load_override, render, template_for
 from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolve_languages, resolve_splits
@@ -32,7 +35,6 @@ from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolv
 
 logger = logging.getLogger("eval")
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Skips that are part of a benchmark's protocol (the official evaluation drops these rows too) rather than data
 # errors: reported, but not held against --max_skipped_fraction.
 PROTOCOL_SKIPS = {"no_gold_label"}
@@ -44,7 +46,7 @@ class ModelArguments:
     model: str = field(metadata={"help": "mBLIP model folder or Hub id, e.g. Gregor/mblip-mt0-xl."})
     dtype: str = field(
         default="auto",
-        metadata={"help": f"One of {DTYPES}. auto: bfloat16 on CUDA (float16 without bf16 support), float32 on CPU."},
+        metadata={"help": f"One of {DTYPES}. {DTYPE_HELP}."},
     )
     load_in_8bit: bool = field(
         default=False, metadata={"help": "Quantize the LLM to 8 bit with bitsandbytes (the paper's setting)."}
@@ -135,59 +137,21 @@ class EvalArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, EvalArguments]:
-    from transformers import HfArgumentParser
+    """Flags, or one .json/.yaml file followed by flags that override it (mblip/arguments.py)."""
+    from mblip.arguments import parse_args as parse_arguments
 
-    parser = HfArgumentParser((ModelArguments, EvalArguments))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(yaml_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments((ModelArguments, EvalArguments), argv)
 
 
 # ================================================================================================ model
-def resolve_device(requested: str | None) -> torch.device:
-    return torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, name)
-
-
 def load_model(args: ModelArguments):
-    """The model (on its device, in eval mode) and its processor; bitsandbytes quantizes only the LLM."""
-    from mblip.modeling_mblip import MBlipForConditionalGeneration
-    from mblip.processing_mblip import MBlipProcessor
-
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    kwargs = {"dtype": dtype}
-    if args.load_in_8bit or args.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        if args.load_in_8bit:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
-            )
-        kwargs["device_map"] = {"": str(device)}  # bitsandbytes places the weights while loading them
-    logger.info("Loading %s (dtype %s, %s) on %s", args.model, dtype, _quantization(args), device)
-    model = MBlipForConditionalGeneration.from_pretrained(args.model, **kwargs)
-    if "device_map" not in kwargs:
-        model.to(device)
-    model.eval()
-    processor = MBlipProcessor.from_pretrained(args.model)
-    return model, processor, device
+    """The model (on its device, in eval mode), its processor and the device (mblip.loading.load_for_inference)."""
+    model, processor = load_for_inference(args.model, args.dtype, args.load_in_8bit, args.load_in_4bit, args.device)
+    return model, processor, model.device
 
 
 def _quantization(args: ModelArguments) -> str:
-    return "8-bit LLM" if args.load_in_8bit else "4-bit LLM" if args.load_in_4bit else "not quantized"
+    return describe_quantization(args.load_in_8bit, args.load_in_4bit)
 
 
 # ================================================================================================ units of work
@@ -335,17 +299,6 @@ def _write_json(path: Path, data):
     os.replace(tmp, path)
 
 
-def _load_images(example: Example):
-    import PIL.Image
-
-    images = []
-    for path in example.images:
-        image = PIL.Image.open(path)
-        image.load()
-        images.append(image)
-    return images
-
-
 def generation_kwargs(task: Task, args: EvalArguments) -> dict:
     settings = dict(task.generation)
     for name in ("num_beams", "max_new_tokens", "min_new_tokens", "length_penalty"):
@@ -388,9 +341,9 @@ def generate_unit(
             batch, images = [], []
             for example in todo[start : start + batch_size]:
                 try:
-                    loaded = _load_images(example)
-                except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
-                    problems.append(Problem("unreadable_image", example.id, f"{error}"))
+                    loaded = [open_image(path) for path in example.images]
+                except ImageDecodeError as error:
+                    problems.append(Problem("unreadable_image", example.id, str(error)))
                     continue
                 batch.append(example)
                 images.append(loaded if task.images_per_example > 1 else loaded[0])
