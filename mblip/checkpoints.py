@@ -6,7 +6,7 @@
   incomplete ones are removed (they are ours: `checkpoint-*` under output_dir) with a log line.
 - **Same run or refuse.** `.mblip/run.json` records the run's fingerprint: the arguments that decide the trained
   weights and the identity of the data files (path, size, and a hash of their first and last MiB). A rerun into the
-  same output_dir with other data or settings is refused with the differences, pointing to `--overwrite_output_dir`.
+  same output_dir with other data or settings is refused with the differences, pointing to `--overwrite`.
 - **A finished run stays finished.** `.mblip/done.json` is written after the export; a rerun of the same run does
   nothing, and a run killed during its export re-exports from its last checkpoint without training again.
 - **Never over a user's files.** `.mblip/written.json` lists every file an export wrote. A new export replaces all of
@@ -32,7 +32,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from mblip.outputs import atomic_write_json, read_json
+from mblip.outputs import atomic_write_json, read_json, settings_differences
 
 
 logger = logging.getLogger("train_mblip")
@@ -42,7 +42,7 @@ RUN_FILE = "run.json"
 DONE_FILE = "done.json"
 MANIFEST_FILE = "written.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-OVERWRITE_FLAG = "--overwrite_output_dir"
+OVERWRITE_FLAG = "--overwrite"
 
 # Arguments that change only where or how often things are written, logged or evaluated, never the trained weights.
 OUTPUT_ONLY = {
@@ -51,7 +51,7 @@ OUTPUT_ONLY = {
              "max_eval_samples", "max_bad_rows"},
 }  # fmt: skip
 OUTPUT_ONLY_TRAINING_PREFIXES = (
-    "output_dir", "overwrite_output_dir", "logging_", "log_", "report_to", "run_name", "project", "trackio_",
+    "output_dir", "overwrite", "logging_", "log_", "report_to", "run_name", "project", "trackio_",
     "disable_tqdm", "save_", "eval_", "per_device_eval_batch_size", "prediction_loss_only", "push_to_hub", "hub_",
     "resume_from_checkpoint", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
     "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "local_rank", "ddp_timeout", "do_",
@@ -131,12 +131,6 @@ def run_fingerprint(model_args, data_args, training_args) -> dict:
     return _plain({"model": model, "data": data, "training": training})
 
 
-def _differences(old, new, prefix="") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new)) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
 def prepare_output_dir(output_dir: str | os.PathLike, fingerprint: dict, overwrite: bool, is_main: bool) -> dict:
     """Checks (main process: also writes) output_dir's run record before anything trains. Returns
     {"finished": bool}: True when output_dir already holds this exact run, exported."""
@@ -153,7 +147,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, fingerprint: dict, overwri
             logger.warning("%s: starting over in %s (old checkpoints removed)", OVERWRITE_FLAG, output_dir)
     elif run_file.is_file():
         old = read_json(run_file).get("fingerprint", {})
-        diffs = _differences(old, fingerprint)
+        diffs = settings_differences(old, fingerprint)
         if diffs:
             raise ValueError(
                 f"{output_dir} holds a train_mblip.py run with other data or settings; resuming it would train on a "

@@ -177,9 +177,10 @@ def _flatten(settings: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def settings_differences(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every setting that differs (nested dicts by dotted key)."""
-    old, new = _flatten(old), _flatten(new)
+def settings_differences(old: dict, new: dict, defaults: dict | None = None) -> list[str]:
+    """``key: old -> new`` for every setting that differs (nested dicts by dotted key). ``defaults`` (dotted keys)
+    stand in for settings a record written by an older version lacks."""
+    old, new = {**(defaults or {}), **_flatten(old)}, _flatten(new)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
@@ -194,6 +195,7 @@ def check_settings(
     what: str,
     overwrite_flag: str = OVERWRITE_FLAG,
     write: bool = True,
+    defaults: dict | None = None,
 ) -> None:
     """Refuse to resume ``what`` (an output described in the message) when ``path`` records other settings.
 
@@ -202,7 +204,7 @@ def check_settings(
     path = Path(path)
     if path.exists():
         previous = read_json(path)
-        diffs = settings_differences(previous, settings)
+        diffs = settings_differences(previous, settings, defaults)
         if diffs:
             raise SettingsMismatch(
                 f"{what} was made with other settings (recorded in {path}), so it cannot be resumed:\n  "

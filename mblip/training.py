@@ -43,10 +43,19 @@ from mblip.checkpoints import (
 )
 from mblip.data.storage import atomic_open, atomic_write_json
 from mblip.hub import move_into, save_model_repository, write_model_repository
-from mblip.images import ImageDecodeError, check_image, open_image
+from mblip.images import ImageDecodeError, open_image
 from mblip.loading import DTYPES, get_quantization_config, resolve_dtype
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
+from mblip.training_data import (
+    ImageValueError,
+    describe,
+    get_field,
+    image_key,
+    image_sources,
+    iter_column_sources,
+    prepare_data,
+)
 from mblip.validation import VALIDATION_DIR, GenerationValidation, GenerationValidationMixin, ValidationArguments
 
 
@@ -170,15 +179,55 @@ class ModelArguments:
 
 @dataclass
 class DataArguments(ValidationArguments):
-    train_file: str | None = field(default=None, metadata={"help": "Training data: json, jsonl, csv or parquet."})
-    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same formats."})
-    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets.load_dataset` name or path."})
+    train_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training data: one file, several separated by commas, or globs, of any format datasets infers "
+            "from the extension (jsonl/json, csv/tsv, parquet, arrow, webdataset .tar shards, image files)."
+        },
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Validation data, same forms."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "A `datasets.load_dataset` name or path: a Hub id, a local folder (imagefolder with "
+            "metadata.jsonl, parquet or webdataset shards, a save_to_disk folder)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Train from an IterableDataset without materialising it: rows are checked as they arrive, every "
+            "process reads the stream and trains on its own slice of each batch, and checkpoints hold the stream's "
+            "state. Needs --max_steps and --dataloader_num_workers 0."
+        },
+    )
+    shuffle_buffer_size: int = field(
+        default=0,
+        metadata={
+            "help": "--streaming: shuffle shards and rows through a buffer of this many rows (0: the stream's own "
+            "order, which a resume continues exactly; a buffer's content is refilled on resume)."
+        },
+    )
+    data_check_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder caching the data check (one file per dataset fingerprint and columns), so a rerun on the "
+            "same data does not check its images again. Default: <datasets cache>/mblip_data_checks; none: off."
+        },
+    )
+    recheck_images: bool = field(default=False, metadata={"help": "Check the images again, ignoring a cached check."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset's configuration."})
     train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
     validation_split: str | None = field(default=None, metadata={"help": "Split of --dataset_name to evaluate on."})
     image_root: str = field(default=".", metadata={"help": "Folder the image column's paths are relative to."})
     image_column: str = field(
-        default="image_id", metadata={"help": "Image path (or list of paths) column; mBLIP's release uses image_id."}
+        default="image_id",
+        metadata={
+            "help": "Image column (mBLIP's release: image_id), one image or a list per row: paths relative to "
+            "--image_root, an Image() column (decoded or {bytes, path} records), or image bytes. Dots reach into "
+            "nested fields (json.image); so do they for --prompt_column and --target_column (json.context)."
+        },
     )
     prompt_column: str = field(
         default="context",
@@ -234,10 +283,8 @@ class DataArguments(ValidationArguments):
                 f"Give exactly one of --train_file and --dataset_name; got train_file={self.train_file!r}, "
                 f"dataset_name={self.dataset_name!r}"
             )
-        for name in ("train_file", "validation_file"):
-            path = getattr(self, name)
-            if path is not None and not path.endswith((".json", ".jsonl", ".csv", ".parquet")):
-                raise ValueError(f"--{name} must be .json, .jsonl, .csv or .parquet, got {path!r}")
+        if self.shuffle_buffer_size < 0:
+            raise ValueError(f"--shuffle_buffer_size must be 0 or more, got {self.shuffle_buffer_size}")
         if not 0.0 <= self.max_bad_rows <= 1.0:
             raise ValueError(f"--max_bad_rows is a fraction between 0 and 1, got {self.max_bad_rows}")
         if self.image_features_cache and self.augment:
@@ -292,7 +339,7 @@ class MBlipTrainingArguments(TrainingArguments):
         },
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads the rows."})
-    overwrite_output_dir: bool = field(
+    overwrite: bool = field(
         default=False,
         metadata={
             "help": "Start over in an output_dir that holds a run: delete its checkpoints and init/ instead of "
@@ -322,33 +369,12 @@ def default_bf16(cpu_or_fp16: bool) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- data
-def load_raw_datasets(data_args: DataArguments) -> datasets.DatasetDict:
-    """The train (and validation) data; `.line_problems[split]` lists the JSONL lines left out (see load_jsonl)."""
-    splits = datasets.DatasetDict()
-    splits.line_problems = {}
-    if data_args.dataset_name:
-        splits["train"] = datasets.load_dataset(
-            data_args.dataset_name, data_args.dataset_config_name, split=data_args.train_split
-        )
-        if data_args.validation_split:
-            splits["validation"] = datasets.load_dataset(
-                data_args.dataset_name, data_args.dataset_config_name, split=data_args.validation_split
-            )
-        return splits
-    for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)):
-        if path is None:
-            continue
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--{split if split == 'train' else 'validation'}_file {path!r} does not exist")
-        builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}[Path(path).suffix]
-        if path.endswith(".jsonl"):
-            splits[split], splits.line_problems[split] = load_jsonl(path)
-        else:
-            try:
-                splits[split] = datasets.load_dataset(builder, data_files=path, split="train")
-            except Exception as err:
-                raise ValueError(f"Cannot read {path}: {type(err).__name__}: {err}") from err
-    return splits
+def load_raw_datasets(data_args: DataArguments):
+    """The train (and validation) data in any form (mblip/training_data.py); `.line_problems[split]` lists the JSONL
+    lines left out (see load_jsonl)."""
+    from mblip.training_data import load_raw_datasets as load_any
+
+    return load_any(data_args, read_jsonl=load_jsonl)
 
 
 def first_bad_utf8(path: str, chunk: int = 16 << 20) -> int | None:
@@ -410,7 +436,9 @@ def load_jsonl(path: str) -> tuple[datasets.Dataset, list[dict]]:
     if not problems:
         raise ValueError(f"Cannot read {path}: {type(failure).__name__}: {failure}") from failure
     for problem in problems[:5]:
-        logger.warning("%s:%d (byte offset %d): %s", problem["file"], problem["line"], problem["offset"], problem["reason"])
+        logger.warning(
+            "%s:%d (byte offset %d): %s", problem["file"], problem["line"], problem["offset"], problem["reason"]
+        )
     if not lines:
         raise ValueError(f"{path} has no usable line; the first problem: {problems[0]}")
     import tempfile
@@ -436,18 +464,10 @@ IMAGE_PROBLEMS = {
 
 
 def find_problem(row: dict, data_args: DataArguments) -> str:
-    """'' for a usable row, else the reason it cannot be trained on."""
-    if not target_text(row.get(data_args.target_column)).strip():
-        return "empty target"
-    value = row.get(data_args.image_column)
-    if value is None or value == "" or value == []:
-        return "no image"
-    for path in image_paths(value, data_args.image_root):
-        try:
-            check_image(path)  # exists, header parses, within the pixel limit, structure verifies; no decoding
-        except ImageDecodeError as err:
-            return IMAGE_PROBLEMS[err.kind]
-    return ""
+    """'' for a usable row, else the reason it cannot be trained on (mblip/training_data.py's check of one row)."""
+    from mblip.training_data import row_problem
+
+    return row_problem(row, data_args)
 
 
 def target_text(value) -> str:
@@ -466,64 +486,12 @@ def image_count(value) -> int:
 def drop_bad_rows(
     dataset: datasets.Dataset, data_args: DataArguments, split: str, line_problems: list[dict] = ()
 ) -> tuple[datasets.Dataset, dict]:
-    """Skips unusable rows, counts them by reason with a few examples, and fails past --max_bad_rows. The rows kept
-    carry their index in `dataset` as `_row` (decode failures during training are counted by it). `line_problems`
-    are lines of the data file that never became rows (see load_jsonl); they count as unusable rows too."""
-    missing = {data_args.image_column, data_args.target_column} - set(dataset.column_names)
-    if data_args.prompt_column and data_args.prompt_column not in dataset.column_names:
-        missing.add(data_args.prompt_column)
-    if missing:
-        raise ValueError(
-            f"The {split} data has no column(s) {sorted(missing)}; its columns are {dataset.column_names}. "
-            "Set --image_column / --prompt_column / --target_column (--prompt_column '' trains without prompts)."
-        )
-    checked = dataset.map(
-        lambda row, index: {
-            "_problem": find_problem(row, data_args),
-            "_row": index,
-            "_images": image_count(row.get(data_args.image_column)),
-        },
-        with_indices=True,
-        num_proc=data_args.preprocessing_num_workers,
-        desc=f"Checking {split} images and targets",
-    )
-    problems = checked["_problem"]
-    # A batch stacks its rows' images: one number of images per dataset, the most common; other rows are unusable.
-    counts = [n for n, p in zip(checked["_images"], problems) if not p]
-    usual = max(set(counts), key=counts.count) if counts else 1
-    problems = [p or (f"{n} images where the data has {usual}" if n != usual else "") for p, n in zip(problems, checked["_images"])]
-    bad = [i for i, p in enumerate(problems) if p]
-    by_reason = {}
-    for i in bad:
-        reason = problems[i] if "images where the data has" not in problems[i] else "another number of images"
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    examples = [{"row": i, "reason": problems[i], "image": str(checked[i][data_args.image_column])} for i in bad[:5]]
-    for problem in line_problems:
-        reason = "not UTF-8" if problem["reason"].startswith("not UTF-8") else "malformed JSON line"
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    examples = [dict(p) for p in line_problems[:5]] + examples
-    rows = len(dataset) + len(line_problems)
-    n_bad = len(bad) + len(line_problems)
-    report = {"rows": rows, "bad_rows": n_bad, "by_reason": by_reason, "examples": examples[:5]}
-    feature = dataset.features.get(data_args.target_column)
-    if isinstance(feature, (datasets.Sequence, list, getattr(datasets, "List", ()))):
-        report["list_targets"] = len(dataset)
-        logger.warning(
-            "The %s column %r holds lists of answers: each row trains on its most common answer (the first of those "
-            "tied)", split, data_args.target_column
-        )
-    if n_bad:
-        logger.warning("Skipping %d of %d %s rows: %s; e.g. %s", n_bad, rows, split, by_reason, examples[:3])
-    if rows and n_bad / rows > data_args.max_bad_rows:
-        raise ValueError(
-            f"{n_bad} of {rows} {split} rows ({n_bad / rows:.1%}) are unusable, more than "
-            f"--max_bad_rows {data_args.max_bad_rows}: {by_reason}; e.g. {examples[:3]}"
-        )
-    checked = checked.remove_columns(["_problem", "_images"]).add_column("_problem", problems)
-    kept = checked.filter(lambda problem: not problem, input_columns="_problem").remove_columns("_problem")
-    if len(kept) == 0:
-        raise ValueError(f"No usable {split} rows are left out of {len(dataset)}: {by_reason}")
-    return kept, report
+    """Skips unusable rows, counts them by reason with a few examples, and fails past --max_bad_rows; each distinct
+    image checked once, in parallel, cached between runs (mblip/training_data.py's check_split). The rows kept carry
+    their index in `dataset` as `_row`; `line_problems` (see load_jsonl) count as unusable rows too."""
+    from mblip.training_data import check_split
+
+    return check_split(dataset, data_args, split, line_problems)
 
 
 def random_resized_crop(
@@ -656,19 +624,28 @@ def build_image_features_cache(model, processor, datasets_to_cache, data_args, b
     cache = ImageFeaturesCache(
         data_args.image_features_cache, vision_fingerprint(vision_model, processor.image_processor)
     )
-    paths = {
-        path
-        for dataset in datasets_to_cache
-        for value in dataset[data_args.image_column]
-        for path in image_paths(value, data_args.image_root)
-    }
+    # Keyed by path, or by content for embedded images (mblip/training_data.py's image_key); an embedded image is
+    # remembered by its row and read again when encoded, so the column's bytes are never all in memory.
+    sources = {}
+    for number, dataset in enumerate(datasets_to_cache):
+        for row, found in iter_column_sources(dataset, data_args.image_column, data_args.image_root):
+            for source in found:
+                sources.setdefault(image_key(source), source if isinstance(source, str) else (number, row))
+    paths = list(sources)
     weight = vision_model.embeddings.patch_embedding.weight
+
+    def source_of(key):
+        source = sources[key]
+        if isinstance(source, tuple):
+            value = get_field(datasets_to_cache[source[0]][source[1]], data_args.image_column)
+            source = next(s for s in image_sources(value, data_args.image_root) if image_key(s) == key)
+        return source
 
     def encode(batch_paths):
         images, kept, failed = [], [], []
         for path in batch_paths:
             try:
-                images.append(open_image(path))
+                images.append(open_image(source_of(path)))
                 kept.append(path)
             except ImageDecodeError as err:
                 logger.warning("Not caching an image that fails to decode (%s): %s", path, err)
@@ -731,7 +708,7 @@ class MBlipCollator:
 
     def prompt(self, row: dict) -> str:
         column = self.data_args.prompt_column
-        return str(row.get(column) or "") if column else ""
+        return str(get_field(row, column, None) or "") if column else ""
 
     def __call__(self, rows: list[dict]) -> dict:
         if self.features is not None:
@@ -740,17 +717,18 @@ class MBlipCollator:
         images, prompts, targets, failed = [], [], [], []
         for row in rows:
             generator = self.generator(row)
+            value = get_field(row, args.image_column, None)  # any form (mblip/training_data.py), nested names too
             try:
-                loaded = [self.load(p, generator) for p in image_paths(row[args.image_column], args.image_root)]
-            except ImageDecodeError as err:
+                loaded = [self.load(p, generator) for p in image_sources(value, args.image_root)]
+            except (ImageDecodeError, ImageValueError) as err:
                 # Passed the up-front check but fails to decode (e.g. a truncated file): skip it, never substitute.
                 self.failures += 1
                 failed.append(row.get("_row", -1))
-                logger.warning("Skipping a row whose image fails to decode (%s): %s", row[args.image_column], err)
+                logger.warning("Skipping a row whose image fails to decode (%s): %s", describe(value), err)
                 continue
-            images.append(loaded if isinstance(row[args.image_column], (list, tuple)) else loaded[0])
+            images.append(loaded if isinstance(value, (list, tuple)) else loaded[0])
             prompts.append(self.prompt(row))
-            targets.append(target_text(row[args.target_column]))
+            targets.append(target_text(get_field(row, args.target_column)))
         if not images:
             raise RuntimeError(f"Every image of a batch of {len(rows)} rows failed to decode; see the warnings above")
         if len({isinstance(i, list) for i in images}) > 1 and all(len(i) == 1 for i in images if isinstance(i, list)):
@@ -769,15 +747,18 @@ class MBlipCollator:
         args = self.data_args
         embeds, prompts, targets, failed = [], [], [], []
         for row in rows:
-            value = row[args.image_column]
-            loaded = self.features.load(image_paths(value, args.image_root))
+            value = get_field(row, args.image_column, None)
+            try:
+                loaded = self.features.load([image_key(s) for s in image_sources(value, args.image_root)])
+            except ImageValueError:
+                loaded = [None]
             if any(f is None for f in loaded):
                 self.failures += 1  # the image failed to decode when the cache was built; logged then
                 failed.append(row.get("_row", -1))
                 continue
             embeds.append(torch.stack(loaded) if isinstance(value, (list, tuple)) else loaded[0])
             prompts.append(self.prompt(row))
-            targets.append(target_text(row[args.target_column]))
+            targets.append(target_text(get_field(row, args.target_column)))
         if not embeds:
             raise RuntimeError(f"No image of a batch of {len(rows)} rows has cached features; see the warnings above")
         batch = dict(
@@ -1200,7 +1181,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
     output_dir, is_main = training_args.output_dir, PartialState().is_main_process
     with training_args.main_process_first(desc="checking output_dir"):
         fingerprint = run_fingerprint(model_args, data_args, training_args)
-        run_state = prepare_output_dir(output_dir, fingerprint, training_args.overwrite_output_dir, is_main)
+        run_state = prepare_output_dir(output_dir, fingerprint, training_args.overwrite, is_main)
         if run_state["finished"]:
             logger.warning(
                 "%s already holds this run, trained and exported: nothing to do (%s trains it again)",
@@ -1221,22 +1202,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
         logger.info("Resuming from the last complete checkpoint: %s (step %d)", last_checkpoint, saved["global_step"])
     set_seed(training_args.seed)
 
-    # ---- data
-    raw = load_raw_datasets(data_args)
-    if data_args.max_train_samples is not None:
-        raw["train"] = raw["train"].select(range(min(data_args.max_train_samples, len(raw["train"]))))
-    if "validation" in raw and data_args.max_eval_samples is not None:
-        raw["validation"] = raw["validation"].select(range(min(data_args.max_eval_samples, len(raw["validation"]))))
-    report = {}
-    with training_args.main_process_first(desc="checking the data"):
-        problems = getattr(raw, "line_problems", {})
-        train_dataset, report["train"] = drop_bad_rows(raw["train"], data_args, "train", problems.get("train", []))
-        eval_dataset = None
-        if "validation" in raw:
-            eval_dataset, report["validation"] = drop_bad_rows(
-                raw["validation"], data_args, "validation", problems.get("validation", [])
-            )
-    languages = sorted(set(train_dataset["lang"])) if "lang" in train_dataset.column_names else None
+    # ---- data: any form, each distinct image checked once (cached); or a stream checked as it is read
+    train_dataset, eval_dataset, report, languages, callbacks = prepare_data(
+        data_args, training_args, last_checkpoint, callbacks, read_jsonl=load_jsonl
+    )
 
     # ---- model
     source = model_args.model_name_or_path or assemble_init(model_args, training_args.output_dir, training_args.seed)

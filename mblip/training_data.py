@@ -52,6 +52,7 @@ logger = logging.getLogger("train_mblip")
 
 CHECK_VERSION = 1  # bump when what the check decides changes, so that older cached checks are not reused
 EXAMPLES = 5  # examples of skipped rows kept in the report
+PARALLEL_FROM = 2000  # rows (images) below which processes cost more than they save
 STREAM_MIN_ROWS = 1000  # a stream is judged against --max_bad_rows mid-run only after this many rows (and at its end)
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 
@@ -245,7 +246,8 @@ def describe(value, limit: int = 120) -> str:
     if isinstance(value, dict):
         data = value.get("bytes")
         path = value.get("path")
-        return f"{{'bytes': {len(data) if data else 0} bytes, 'path': {path!r}}}"
+        data = f"{len(data)} bytes starting {bytes(data[:8])!r}" if data else "None"
+        return f"{{'bytes': {data}, 'path': {path!r}}}"
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"{len(value)} bytes starting {bytes(value[:8])!r}"
     if isinstance(value, Image.Image):
@@ -534,7 +536,7 @@ def _check_uncached(dataset, data_args, split: str):
         with_indices=True,
         fn_kwargs={"data_args": data_args},
         remove_columns=tops,
-        num_proc=workers if embedded and len(slim) >= 2 * workers else None,
+        num_proc=workers if embedded and len(slim) >= PARALLEL_FROM else None,
         desc=f"Reading the {split} image column",
     )
     table = scanned.with_format("arrow")[:]
@@ -562,7 +564,7 @@ def _check_uncached(dataset, data_args, split: str):
     if distinct and not embedded:
         chunk = max(1, min(1000, len(distinct) // (workers * 4) or 1))
         chunks = [distinct[i : i + chunk] for i in range(0, len(distinct), chunk)]
-        if workers > 1 and len(distinct) > 64:
+        if workers > 1 and len(distinct) >= PARALLEL_FROM:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers) as pool:
@@ -580,7 +582,7 @@ def _check_uncached(dataset, data_args, split: str):
             batched=True,
             with_indices=True,
             remove_columns=tops,
-            num_proc=workers if len(rows) >= 2 * workers else None,
+            num_proc=workers if len(rows) >= PARALLEL_FROM else None,
             desc=f"Checking the {split} images",
         )
         for entry in checked["_checked"]:
@@ -721,8 +723,13 @@ class StreamState(TrainerCallback, ExportableState):
             self.stream.forget_before(self.step * self.accumulation)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.stream is not None:
-            self.stream.tally.check(self.stream.split, self.stream.data_args.max_bad_rows)
+        if self.stream is None:
+            return
+        # The report covers the rows trained through, not those the data loader had read ahead.
+        trained = self.stream.state_at(state.global_step * self.accumulation)
+        if trained is not None:
+            self.stream.tally.restore(trained["report"])
+        self.stream.tally.check(self.stream.split, self.stream.data_args.max_bad_rows)
 
 
 def saved_stream_state(checkpoint: str | None) -> dict | None:

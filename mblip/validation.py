@@ -24,9 +24,8 @@ scores under `<output_dir>/validation/step-<N>/`.
 
 import json
 import logging
-import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,8 +33,10 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from transformers.trainer_utils import speed_metrics
 
-from mblip.evaluation.run import EvalArguments, generate_unit, generation_kwargs, read_predictions, read_units
+from mblip.evaluation.prompts import render
+from mblip.evaluation.run import EvalArguments, generation_kwargs, read_units
 from mblip.evaluation.tasks import get_task
+from mblip.images import ImageDecodeError, open_image
 
 
 logger = logging.getLogger("train_mblip")
@@ -167,23 +168,47 @@ class GenerationValidation:
         return sum(len(unit.examples) for _, unit, _ in self.units)
 
     @torch.no_grad()
+    def generate(self, task, unit, examples: list, model, settings: dict) -> tuple[list[dict], int]:
+        """Prediction records for `examples` (batched as `python -m eval` does: its prompts, image opening and
+        decoding settings), and the number skipped for an unreadable image (never replaced)."""
+        device = getattr(model, "device", None) or next(model.parameters()).device
+        vision_dtype = next(model.vision_model.parameters()).dtype
+        language_name = task.language_name(unit.lang)
+        records, skipped = [], 0
+        for start in range(0, len(examples), self.batch_size):
+            batch, images = [], []
+            for example in examples[start : start + self.batch_size]:
+                try:
+                    loaded = [open_image(path) for path in example.images]
+                except ImageDecodeError as error:
+                    logger.warning("Validation: skipping %s/%s %s: %s", task.name, unit.lang, example.id, error)
+                    skipped += 1
+                    continue
+                batch.append(example)
+                images.append(loaded if task.images_per_example > 1 else loaded[0])
+            if not batch:
+                continue
+            prompts = [render(unit.template, example, language_name) for example in batch]
+            inputs = {k: v.to(device) for k, v in self.processor(images=images, text=prompts).items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(vision_dtype)
+            texts = self.processor.batch_decode(model.generate(**inputs, **settings), skip_special_tokens=True)
+            records += [
+                {"id": example.id, "prediction": text.strip(), "prompt": prompt, "references": example.references}
+                for example, prompt, text in zip(batch, prompts, texts)
+            ]
+        return records, skipped
+
     def predict(self, model) -> tuple[list[tuple[int, dict]], int]:
         """This process's share of the predictions, as (unit index, prediction record), and its skipped examples."""
         work = [(u, e) for u, (_, unit, _) in enumerate(self.units) for e in range(len(unit.examples))]
         records, skipped = [], 0
-        device = getattr(model, "device", None) or next(model.parameters()).device
-        with PartialState().split_between_processes(work) as mine, tempfile.TemporaryDirectory() as tmp:
+        with PartialState().split_between_processes(work) as mine:
             for u, (task, unit, settings) in enumerate(self.units):
                 examples = [unit.examples[e] for v, e in mine if v == u]
-                if not examples:
-                    continue
-                shard = replace(unit, examples=examples)
-                path = Path(tmp) / f"{u}.jsonl"
-                skipped += len(
-                    generate_unit(task, shard, model, self.processor, device, settings, path, self.batch_size)
-                )
-                done, _ = read_predictions(path)
-                records += [(u, done[e.id]) for e in examples if e.id in done]
+                if examples:
+                    done, failed = self.generate(task, unit, examples, model, settings)
+                    records += [(u, record) for record in done]
+                    skipped += failed
         return records, skipped
 
     def score(self, records: list[tuple[int, dict]], folder: Path | None) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """convert_mblip.py: BLIP-2 -> mBLIP -> BLIP-2 round trips, parts assembly, Hub-ready folders, clear errors."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -296,6 +297,24 @@ def test_a_killed_conversion_leaves_no_complete_looking_folder(tmp_path, monkeyp
         convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blip2"]
+
+
+def test_a_rerun_removes_what_a_killed_conversion_left(tmp_path, caplog):
+    """A SIGKILL skips every cleanup: the hidden full-size temporary stays. The next run removes it and says so."""
+    make_blip2("bloom", tmp_path / "blip2")
+    stale = [tmp_path / ".out.incomplete-4194999-x1y2", tmp_path / ".out.incomplete-k3j_a9z0"]  # a dead pid; older
+    running = tmp_path / f".out.incomplete-{os.getppid()}-abcd"  # another conversion still running: kept
+    for folder in [*stale, running]:
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 1024)
+    (tmp_path / ".other.incomplete-1-abcd").mkdir()  # another output's: not ours to remove
+    with caplog.at_level("WARNING"):
+        convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["blip2", "out", running.name, ".other.incomplete-1-abcd"]
+    )
+    assert all(f"Removed {folder}" in caplog.text for folder in stale)
 
 
 def run_cli(args, tmp_path):

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -367,7 +368,10 @@ def test_resume_after_a_kill_skips_finished_shards_and_duplicates_nothing(tiny, 
     run_mix(source, tmp_path / "clean", clean, *options)
     expected = (tmp_path / "clean" / "train.jsonl").read_text()
     # Templates are translated once per language (de, fr), not once per shard or example.
-    assert clean.seen.count("Caption the image.") == 2 and clean.seen.count("Reason the answer to the following question. {0}") == 2
+    assert (
+        clean.seen.count("Caption the image.") == 2
+        and clean.seen.count("Reason the answer to the following question. {0}") == 2
+    )
 
     out = tmp_path / "mix"
     killed = make_translator(tiny, RecordingTranslator)
@@ -417,9 +421,23 @@ def test_changed_settings_refuse_to_resume(tiny, tmp_path):
         run_mix(source, tmp_path / "mix", make_translator(tiny), "--languages", "de", "--seed", "7", *RELAXED)
     # Batch size does not change the outputs, so it may change on resume (after an out-of-memory error, say).
     run_mix(source, tmp_path / "mix", make_translator(tiny), "--languages", "de", "--batch_size", "2", *RELAXED)
-    fresh = ["--languages", "de", "--seed", "7", "--overwrite_output_dir", "true", *RELAXED]
+    fresh = ["--languages", "de", "--seed", "7", "--overwrite", "true", *RELAXED]
     report = run_mix(source, tmp_path / "mix", make_translator(tiny), *fresh)
     assert report["sampling"]["seed"] == 7
+
+
+def test_a_changed_model_at_the_same_path_refuses_to_resume(tiny, tiny_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    source = write_jsonl(tmp_path / "en.jsonl", example_rows(1))
+    options = ["--languages", "de", "--model", str(model), *RELAXED]
+    run_mix(source, tmp_path / "mix", make_translator(tiny), *options)
+    # Retrained into the same folder: the path is the same, the translations would not be.
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"(?s)other settings.*model_identity.*--overwrite to start over"):
+        run_mix(source, tmp_path / "mix", make_translator(tiny), *options)
+    run_mix(source, tmp_path / "mix", make_translator(tiny), *options, "--overwrite_output_dir")  # deprecated name
 
 
 def test_parquet_output_holds_the_same_rows(tiny, tmp_path):

@@ -3,6 +3,8 @@ command line on a tiny model for every task, resume, bad input, and argument err
 
 import json
 import logging
+import os
+import shutil
 
 import pytest
 import torch
@@ -518,26 +520,60 @@ def test_resume_generates_nothing_new(tmp_path, tiny_model_dirs, count_generate,
     assert "all 2 predictions already in" in caplog.text
     assert second["test/de"]["metrics"] == first["test/de"]["metrics"]
 
-    # An interrupted run: one prediction lost and the last line cut mid-write. Only the lost one is generated.
+    # An interrupted run: one prediction lost and the last line cut mid-write. Only the lost one is generated, and
+    # the cut line is dropped: the file stays one JSON object per line.
     lines = before.decode().splitlines()
     predictions.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2], encoding="utf-8")
     third = main(argv)
     assert len(count_generate) == 3
-    records, broken = [], 0
-    for line in predictions.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            broken += 1
-    assert broken == 1 and {r["id"] for r in records} == {"2062325", "201640614"}  # the cut line stays, ignored
+    records = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in records) == ["201640614", "2062325"]
     assert third["test/de"]["n_scored"] == 2
+
+
+@pytest.mark.parametrize("tail", ["glued", "cut-utf8"])
+def test_resume_drops_a_torn_tail_of_a_partial_file(tmp_path, tiny_model_dirs, count_generate, caplog, tail):
+    """A kill (or a full disk) leaves the last line without its newline, perhaps cut inside a UTF-8 character."""
+    data_dir, image_dir, _ = _benchmark(tmp_path, "xgqa")
+    out = tmp_path / "out"
+    argv = _argv(tiny_model_dirs["mt5"], "xgqa", data_dir, image_dir, "de", out, "--batch_size", "1")
+    main(argv)
+    predictions = out / "xgqa" / "predictions_test_de.jsonl"
+    lines = predictions.read_bytes().splitlines(keepends=True)
+    second = json.dumps({**json.loads(lines[1]), "prediction": "हिन्दी"}, ensure_ascii=False).encode()
+    torn = second if tail == "glued" else second[: second.index("न्".encode()) + 1]
+    partial = predictions.with_name(predictions.name + ".partial")
+    partial.write_bytes(lines[0] + torn)
+    predictions.unlink()
+    with caplog.at_level(logging.INFO):
+        result = main(argv)["test/de"]
+    assert len(count_generate) == 3  # two at first, then only the torn one
+    records = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert sorted(r["id"] for r in records) == ["201640614", "2062325"] and not partial.exists()
+    assert result["n_scored"] == 2
+    assert str(partial) in caplog.text and f"byte offset {len(lines[0])}" in caplog.text
+
+
+def test_resume_refuses_predictions_of_another_model_at_the_same_path(tmp_path, tiny_model_dirs):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dirs["mt5"], model)
+    data_dir, image_dir, _ = _benchmark(tmp_path, "xgqa")
+    out = tmp_path / "out"
+    argv = _argv(str(model), "xgqa", data_dir, image_dir, "en", out)
+    main(argv)
+    # The model was retrained into the same folder: same path, other weights.
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"(?s)predictions_test_en.jsonl was made with other settings.*model_identity"):
+        main(argv)
+    assert main([*argv, "--overwrite"])["test/en"]["n_scored"] == 2
 
 
 def test_resume_refuses_predictions_made_with_other_settings(tmp_path, tiny_model_dirs):
     data_dir, image_dir, _ = _benchmark(tmp_path, "xgqa")
     out = tmp_path / "out"
     main(_argv(tiny_model_dirs["mt5"], "xgqa", data_dir, image_dir, "en", out))
-    with pytest.raises(ValueError, match="other settings.*prompt_template"):
+    with pytest.raises(ValueError, match="(?s)other settings.*prompt_template.*--overwrite to start over"):
         main(_argv(tiny_model_dirs["mt5"], "xgqa", data_dir, image_dir, "en", out, "--prompt", "Q: {question} A:"))
     main(
         _argv(
@@ -549,7 +585,7 @@ def test_resume_refuses_predictions_made_with_other_settings(tmp_path, tiny_mode
             out,
             "--prompt",
             "Q: {question} A:",
-            "--overwrite_output",
+            "--overwrite_output",  # the deprecated name of --overwrite still works
         )
     )
     record = json.loads((out / "xgqa" / "predictions_test_en.jsonl").read_text().splitlines()[0])
@@ -561,10 +597,12 @@ def test_missing_image_is_counted_and_reported(tmp_path, tiny_model_dirs, caplog
     (tmp_path / "xm3600" / "images" / "d4e5f6.jpg").unlink()
     out = tmp_path / "out"
     argv = _argv(tiny_model_dirs["mt5"], "xm3600", data_dir, image_dir, "en", out)
-    with pytest.raises(ValueError, match="Too many skipped rows.*1 of 3 rows"):
+    with pytest.raises(
+        ValueError, match=r"1 of 3 rows \(33.3%\) are skipped, more than --max_bad_rows=0.05.*XM3600 test/en"
+    ):
         main(argv)  # 1 of 3 is over the default 5% threshold
     with caplog.at_level(logging.WARNING, logger="eval"):
-        result = main([*argv, "--max_skipped_fraction", "0.5"])["test/en"]
+        result = main([*argv, "--max_bad_rows", "0.5"])["test/en"]
     assert result["n_scored"] == 2 and result["n_skipped"] == 1 and result["complete"] is False
     assert result["skipped"] == {"missing_image": 1}
     assert result["skipped_examples"][0]["where"] == "d4e5f6"
@@ -585,7 +623,7 @@ def test_unreadable_image_is_skipped_not_replaced(tmp_path, tiny_model_dirs, cou
             tmp_path / "out",
             "--split",
             "random",
-            "--max_skipped_fraction",
+            "--max_bad_rows",
             "1",
         )
     )["random/en"]

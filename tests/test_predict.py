@@ -3,6 +3,8 @@ reported, resumable output, clear errors."""
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +127,7 @@ def test_folder_batched_equals_per_image_generation_and_skips_unreadable_files(
         6,
         "--output",
         out,
-        "--max_unreadable_fraction",
+        "--max_unreadable_fraction",  # the deprecated name of --max_bad_rows still works
         0.3,
     ]
     with caplog.at_level("INFO"):
@@ -154,13 +156,14 @@ def test_report_counts_and_stdout_rows(model_dir, image_dir, capsys):
         batch_size=4,
         num_beams=1,
         max_new_tokens=6,
-        max_unreadable_fraction=0.3,
+        max_bad_rows=0.3,
     )
     report = predict.predict(args)
     assert report.written == 6 and report.resumed == 0
     assert sorted(Path(p).name for p, _ in report.unreadable) == [CORRUPT, TRUNCATED]
     assert [Path(p).name for p in report.not_images] == [NOT_AN_IMAGE]
-    assert report.unreadable_fraction == pytest.approx(2 / 8)
+    assert report.unreadable_fraction == pytest.approx(2 / 8) == report.bad_rows.fraction
+    assert report.bad_rows.to_dict()["by_reason"] and report.bad_rows.total == 8
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [Path(r["image"]).name for r in rows] == GOOD + ["f_yellow.png"]
     assert {r["prompt"] for r in rows} == {"Caption the image in French."}
@@ -191,7 +194,7 @@ def test_prompts_file_gives_each_image_its_prompt_in_padded_batches(model_dir, l
         *FAST,
         "--output",
         out,
-        "--max_unreadable_fraction",
+        "--max_bad_rows",
         0.25,
     ]
     assert run(argv) == 0
@@ -219,21 +222,29 @@ def test_quantized_loading_quantizes_only_the_llm_and_generates(flag, model_dir,
 
 
 # ---------------------------------------------------------------------------------------------------- resume, failure
+def killed(out: Path, rows: list[dict], tail: bytes = b"") -> Path:
+    """What a kill leaves: OUTPUT.partial with `rows` and a torn `tail`, beside the job's OUTPUT.settings.json."""
+    partial = out.with_name(out.name + ".partial")
+    partial.write_bytes(b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows) + tail)
+    out.unlink(missing_ok=True)
+    return partial
+
+
 def test_resume_skips_finished_rows_and_drops_a_cut_off_line(model_dir, image_dir, tmp_path, caplog):
     full = tmp_path / "full.jsonl"
-    common = ["--model", model_dir, "--image_dir", image_dir, *FAST, "--max_unreadable_fraction", 0.3]
+    common = ["--model", model_dir, "--image_dir", image_dir, *FAST, "--max_bad_rows", 0.3]
     assert run([*common, "--output", full]) == 0
     reference = read_jsonl(full)
 
     # A run killed after two rows, in the middle of writing the third. The marker proves the two are not redone.
     out = tmp_path / "preds.jsonl"
+    assert run([*common, "--output", out]) == 0
     done = [{**row, "text": "FROM-AN-EARLIER-RUN"} for row in reference[:2]]
-    partial = "".join(json.dumps(row) + "\n" for row in done) + '{"image": "' + reference[2]["image"][:5]
-    out.with_name("preds.jsonl.partial").write_text(partial)
+    killed(out, done, b'{"image": "' + reference[2]["image"][:5].encode())
     with caplog.at_level("INFO"):
         assert run([*common, "--output", out]) == 0
     assert read_jsonl(out) == done + reference[2:]
-    assert "2 rows already done" in caplog.text and "Dropped 1 incomplete rows" in caplog.text
+    assert "2 rows already done" in caplog.text and "Dropped the incomplete last line" in caplog.text
     assert not out.with_name("preds.jsonl.partial").exists()
 
     # A finished file is kept unless --overwrite.
@@ -244,15 +255,91 @@ def test_resume_skips_finished_rows_and_drops_a_cut_off_line(model_dir, image_di
     assert read_jsonl(out) == reference
 
 
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param("glued", id="last-line-without-newline"),  # the whole row, but not its newline
+        pytest.param("cut-utf8", id="tail-cut-inside-a-utf8-character"),  # a full disk on Devanagari output
+    ],
+)
+def test_resume_after_a_torn_last_line_gives_valid_jsonl(model_dir, image_dir, tmp_path, caplog, tail):
+    common = ["--model", model_dir, "--image_dir", image_dir, *FAST, "--max_bad_rows", 0.3]
+    out = tmp_path / "preds.jsonl"
+    assert run([*common, "--output", out]) == 0
+    reference = read_jsonl(out)
+    done = [{**row, "text": "पहले का पाठ"} for row in reference[:2]]
+    third = json.dumps({**reference[2], "text": "हिन्दी"}, ensure_ascii=False).encode()
+    torn = third if tail == "glued" else third[: third.index("न्".encode()) + 1]
+    if tail == "cut-utf8":
+        with pytest.raises(UnicodeDecodeError):
+            torn.decode("utf-8")
+    partial = killed(out, done, torn)
+    offset = partial.stat().st_size - len(torn)
+    with caplog.at_level("INFO"):
+        assert run([*common, "--output", out]) == 0
+    text = out.read_text(encoding="utf-8")  # all UTF-8
+    rows = [json.loads(line) for line in text.splitlines()]  # one JSON object per line: nothing glued
+    assert rows == done + reference[2:]
+    assert f"{partial}" in caplog.text and f"byte offset {offset}" in caplog.text
+
+
+def test_resume_refuses_a_partial_file_of_another_job(model_dir, image_dir, tmp_path, capsys):
+    """Rows of another model, other decoding settings or other images never end up in one file."""
+    model_copy = tmp_path / "model"
+    shutil.copytree(model_dir, model_copy)
+    common = ["--image_dir", image_dir, *FAST, "--max_bad_rows", 0.3]
+    out = tmp_path / "preds.jsonl"
+    assert run(["--model", model_copy, *common, "--output", out]) == 0
+    rows = read_jsonl(out)
+    partial = killed(out, rows[:2])
+
+    weights = next(model_copy.glob("*.safetensors"))
+    other_images = tmp_path / "other_images"
+    other_images.mkdir()
+    shutil.copy(next(Path(image_dir).glob("a_*")), other_images)
+    changed_model = ["--model", model_copy, *common]
+    cases = {
+        "num_beams: 1 -> 2": ["--model", model_copy, *common, "--num_beams", "2"],
+        "inputs.sha256": ["--model", model_copy, "--image_dir", other_images, *FAST],
+        "model_identity": changed_model,
+    }
+    for difference, argv in cases.items():
+        if argv is changed_model:
+            os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained
+        with pytest.raises(SystemExit) as exit_info:
+            run([*argv, "--output", out])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and difference in err and str(partial) in err and "--overwrite" in err, err
+        assert read_jsonl(partial) == rows[:2]  # untouched
+    assert run([*changed_model, "--output", out, "--overwrite"]) == 0
+    assert len(read_jsonl(out)) == len(rows)
+
+
+def test_a_malformed_line_before_the_end_is_an_error_naming_file_line_and_offset(model_dir, image_dir, tmp_path):
+    common = ["--model", model_dir, "--image_dir", image_dir, *FAST, "--max_bad_rows", 0.3]
+    out = tmp_path / "preds.jsonl"
+    assert run([*common, "--output", out]) == 0
+    rows = read_jsonl(out)
+    partial = killed(out, rows[:1])
+    first = partial.stat().st_size
+    with open(partial, "ab") as handle:
+        handle.write(b"not json\n" + json.dumps(rows[1]).encode() + b"\n")
+    with pytest.raises(ValueError, match=rf"{partial} line 2 \(byte offset {first}\)"):
+        args = dict(num_beams=1, max_new_tokens=6, max_bad_rows=0.3)
+        predict.predict(
+            predict.PredictArguments(model=str(model_dir), image_dir=str(image_dir), output=str(out), **args)
+        )
+
+
 def test_too_many_unreadable_images_fail_and_keep_the_partial_output(model_dir, image_dir, tmp_path, caplog):
     out = tmp_path / "preds.jsonl"
     common = ["--model", model_dir, "--image_dir", image_dir, *FAST, "--output", out]
     with caplog.at_level("INFO"):
         assert run(common) == 1  # 2 of 7 unreadable > the default 0.1
-    assert "2 of 7 images (29%) were unreadable, more than --max_unreadable_fraction 0.1" in caplog.text
+    assert "2 of 7 images (28.6%) are unreadable, more than --max_bad_rows=0.1" in caplog.text
     assert not out.exists() and len(read_jsonl(out.with_name("preds.jsonl.partial"))) == 5
     # Accepting the loss resumes: the resumed rows count in the fraction, and the file is finalised.
-    assert run([*common, "--max_unreadable_fraction", 0.3]) == 0
+    assert run([*common, "--max_bad_rows", 0.3]) == 0
     assert len(read_jsonl(out)) == 5
 
 
@@ -274,8 +361,8 @@ def test_too_many_unreadable_images_fail_and_keep_the_partial_output(model_dir, 
         ),
         (["--images", "a.png", "--recursive"], "--recursive only applies to --image_dir"),
         (
-            ["--images", "a.png", "--max_unreadable_fraction", "2"],
-            "--max_unreadable_fraction must be in [0, 1], got 2.0",
+            ["--images", "a.png", "--max_bad_rows", "2"],
+            "--max_bad_rows is a fraction in [0, 1], got 2.0",
         ),
     ],
 )
@@ -350,7 +437,8 @@ def test_help_shows_the_options(tmp_path):
         "--lang",
         "--batch_size",
         "--load_in_8bit",
-        "--max_unreadable_fraction",
+        "--max_bad_rows",
+        "--overwrite",
     ):
         assert option in result.stdout
     assert "python train_mblip.py" in result.stdout

@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,56 +225,76 @@ def run_block(block: Block, code: str, cwd: Path, scripts: Path) -> subprocess.C
     )
 
 
-def run_document(name: str, text: str, tmp_path: Path, repositories) -> tuple[int, list[Block]]:
-    """Runs every runnable block of `text` in order; fails with each broken block's line and output."""
+def run_document(name: str, text: str, folder: Path, repositories) -> dict:
+    """Runs every runnable block of `text` in order, in one workspace; returns what ran, what was skipped and each
+    broken block's line and output."""
     blocks = [b for b in code_blocks(text) if b.lang in ("python", "bash")]
-    assert blocks, f"{name} has no python or bash block"
-    cwd = workspace(tmp_path / "work", repositories)
-    scripts = tmp_path / "scripts"
+    cwd = workspace(folder / "work", repositories)
+    scripts = folder / "scripts"
     scripts.mkdir()
     table = substitutions(repositories)
-    failures, ran, skipped = [], 0, []
+    report = {"blocks": len(blocks), "ran": [], "skipped": [], "failures": []}
     for block in blocks:
         if block.skip is not None:
-            skipped.append(block)
+            report["skipped"].append(f"{name}:{block.line} ({block.lang}): {block.skip}")
             continue
-        ran += 1
         started = time.perf_counter()
         try:
             result = run_block(block, substitute(block.code, table), cwd, scripts)
-            print(f"{name}:{block.line} ({block.lang}) {time.perf_counter() - started:.1f} s")
         except subprocess.TimeoutExpired:
-            failures.append(
-                f"{name}:{block.line} ({block.lang}) ran past {BLOCK_TIMEOUT} s: mark it skip or shorten it"
+            report["failures"].append(
+                f"{name}:{block.line} ({block.lang}) ran past {BLOCK_TIMEOUT} s: mark or shorten it"
             )
             continue
+        report["ran"].append(f"{name}:{block.line} ({block.lang}) {time.perf_counter() - started:.1f} s")
         if result.returncode != 0:
             output = (result.stdout + result.stderr)[-3000:]
-            failures.append(f"{name}:{block.line} ({block.lang}) exited {result.returncode}:\n{output}")
-    print(f"\n{name}: ran {ran} blocks, skipped {len(skipped)}")
-    for block in skipped:
-        print(f"  skipped {name}:{block.line} ({block.lang}): {block.skip}")
-    assert not failures, "\n\n".join(failures)
-    assert all(block.skip.strip() for block in skipped), "every skip marker gives its reason"
-    return ran, skipped
+            report["failures"].append(f"{name}:{block.line} ({block.lang}) exited {result.returncode}:\n{output}")
+    return report
+
+
+def cards(repositories) -> dict[str, str]:
+    """The cards convert_mblip.py just wrote: an mBLIP repository's and its plain BLIP-2 export's."""
+    return {f"{name} card": ModelCard.load(repositories[name] / "README.md").text for name in ("mblip", "export")}
+
+
+@pytest.fixture(scope="module")
+def reports(repositories, tmp_path_factory):
+    """Every document's blocks, two documents at a time (each document's blocks in order)."""
+    documents = {name: (ROOT / name).read_text(encoding="utf-8") for name in DOCUMENTS} | cards(repositories)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(run_document, name, text, tmp_path_factory.mktemp("snippets"), repositories)
+            for name, text in documents.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def check(report: dict, name: str):
+    print(f"\n{name}: ran {len(report['ran'])} blocks, skipped {len(report['skipped'])}")
+    for line in report["ran"]:
+        print(f"  ran {line}")
+    for line in report["skipped"]:
+        print(f"  skipped {line}")
+    assert report["blocks"], f"{name} has no python or bash block"
+    assert report["ran"], f"{name}: every block is skipped"
+    assert not report["failures"], "\n\n".join(report["failures"])
 
 
 # ---------------------------------------------------------------------------------------------------- the documents
 @pytest.mark.parametrize("document", DOCUMENTS)
-def test_documentation_snippets_run(document, tmp_path, repositories):
-    ran, _ = run_document(document, (ROOT / document).read_text(encoding="utf-8"), tmp_path, repositories)
-    assert ran > 0
+def test_documentation_snippets_run(document, reports):
+    check(reports[document], document)
 
 
 @pytest.mark.parametrize("repository", ["mblip", "export"])
-def test_model_card_snippets_run(repository, tmp_path, repositories):
-    """The cards convert_mblip.py just wrote (an mBLIP repository and its plain BLIP-2 export) run as written, with
-    their own Hub id standing for the repository."""
-    card = ModelCard.load(repositories[repository] / "README.md")
+def test_model_card_snippets_run(repository, repositories, reports):
+    """The cards convert_mblip.py just wrote run as written, with their own Hub id standing for the repository."""
+    text = ModelCard.load(repositories[repository] / "README.md").text
     own_id = CARD_ID if repository == "mblip" else EXPORT_ID
-    assert f'from_pretrained("{own_id}"' in card.text
-    assert "## Evaluation" in card.text and "python -m eval --model" in card.text
-    run_document(f"{repository} card", card.text, tmp_path, repositories)
+    assert f'from_pretrained("{own_id}"' in text
+    assert "## Evaluation" in text and "python -m eval --model" in text
+    check(reports[f"{repository} card"], f"{repository} card")
 
 
 # ---------------------------------------------------------------------------------------------------- card contents

@@ -10,13 +10,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_train_mblip import Kill, cli, parts, write_jsonl  # noqa: F401  (parts is a fixture)
+from test_train_mblip import Kill, cli, parts, write_jsonl  # noqa: F401, F811  (parts is a fixture)
 from transformers import TrainerCallback
 
 from mblip import training as train_mblip
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 
 
+# ruff: noqa: F811  (the `parts` fixture, imported from test_train_mblip, is an argument of every test)
 RESUMABLE = ["--max_steps", "6", "--save_strategy", "steps", "--per_device_train_batch_size", "2"]
 
 
@@ -82,18 +83,18 @@ def test_a_rerun_with_other_data_or_settings_is_refused_unless_told_to_start_ove
         train_mblip.main(cli(parts, tmp_path / "out", *extra), callbacks=[Kill(at=2)])
     rows = [json.loads(line) for line in (parts / "train.jsonl").read_text().splitlines()]
     write_jsonl(tmp_path / "other.jsonl", rows[:6])
-    with pytest.raises(ValueError, match=r"other data or settings(.|\n)*train_file(.|\n)*--overwrite_output_dir"):
+    with pytest.raises(ValueError, match=r"other data or settings(.|\n)*train_file(.|\n)*--overwrite"):
         train_mblip.main(cli(parts, tmp_path / "out", *extra, train_file=tmp_path / "other.jsonl"))
     with pytest.raises(ValueError, match=r"training.learning_rate: 1e-05 -> 0.001"):
         train_mblip.main(cli(parts, tmp_path / "out", *extra, "--learning_rate", "1e-3"))
-    # Output-only settings do not change the run: this resumes from checkpoint-2.
+    # Output-only settings do not change the run: this resumes from checkpoint-1 (killed before saving step 2).
     steps = CountSteps()
     train_mblip.main(cli(parts, tmp_path / "out", *extra, "--logging_steps", "2"), callbacks=[steps])
-    assert steps.steps == 4
-    # --overwrite_output_dir starts over, on the new data, without the old checkpoints.
+    assert steps.steps == 5
+    # --overwrite starts over, on the new data, without the old checkpoints.
     steps = CountSteps()
     trainer, report = train_mblip.main(
-        cli(parts, tmp_path / "out", *extra, "--overwrite_output_dir", train_file=tmp_path / "other.jsonl"),
+        cli(parts, tmp_path / "out", *extra, "--overwrite", train_file=tmp_path / "other.jsonl"),
         callbacks=[steps],
     )
     assert steps.steps == 6 and report["train"]["rows"] == 6
@@ -124,13 +125,13 @@ def test_an_export_replaces_its_own_earlier_files_and_never_the_users(parts, tmp
     train_mblip.main(cli(parts, out, "--max_steps", "1"))
     assert (out / "model.safetensors").is_file()
     (out / "notes.txt").write_text("mine")
-    train_mblip.main(cli(parts, out, "--max_steps", "1", "--overwrite_output_dir", "--max_shard_size", "300KB"))
+    train_mblip.main(cli(parts, out, "--max_steps", "1", "--overwrite", "--max_shard_size", "300KB"))
     assert not (out / "model.safetensors").exists()  # no stale single file beside the new shards
     assert len(list(out.glob("model-*-of-*.safetensors"))) > 1 and (out / "model.safetensors.index.json").is_file()
     assert (out / "notes.txt").read_text() == "mine"
     MBlipForConditionalGeneration.from_pretrained(out)
     # Back to one file: the shards and their index go.
-    train_mblip.main(cli(parts, out, "--max_steps", "1", "--overwrite_output_dir"))
+    train_mblip.main(cli(parts, out, "--max_steps", "1", "--overwrite"))
     assert (out / "model.safetensors").is_file() and not list(out.glob("model-*-of-*.safetensors"))
     assert not (out / "model.safetensors.index.json").exists()
 
@@ -188,7 +189,7 @@ def truncated_data(parts, tmp_path_factory):
     for name in ("t1.png", "t2.png", "t3.png"):
         truncated_png(parts / "images" / name)
     rows = [json.loads(line) for line in (parts / "train.jsonl").read_text().splitlines()]
-    rows += [{"image_id": n, "context": "c", "label": "x"} for n in ("t1.png", "t2.png", "t3.png")]
+    rows += [{"image_id": n, "context": "c", "label": "x", "lang": "de"} for n in ("t1.png", "t2.png", "t3.png")]
     write_jsonl(root / "train.jsonl", rows)
     return root / "train.jsonl"
 

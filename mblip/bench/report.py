@@ -116,10 +116,14 @@ def measuring_runs(data: dict) -> list[tuple[str, dict]]:
             found.setdefault(_run_key(config.get("run")), (config.get("run"), []))[1].append(
                 f"training {family} {name}"
             )
+    for comparison in ("ordering", "engines"):  # bench/__main__.py's merge_translation keeps each one's run
+        info = data.get("translation", {}).get(f"{comparison}_run")
+        if info:
+            found.setdefault(_run_key(info), (info, []))[1].append(f"translation {comparison}")
     runs = [(", ".join(what) + " run", info) for key, (info, what) in found.items() if info is not None]
     # Results measured before rows carried their run: the part-level record.
     for part, info in data.get("runs", {}).items():
-        stamped = any(label.startswith(part) for label, _ in runs)
+        stamped = any(label.startswith(part) or f", {part} " in label for label, _ in runs)
         if not stamped and (part != "translation" or "translation" in data):
             runs.append((f"{part} run", info))
     return runs
@@ -841,11 +845,11 @@ def findings_section(results: dict[str, dict]) -> list[str]:
                     f"- **Translation engine ({name}), {setup['profile']}{_engine_size(result)}**: CTranslate2 "
                     f"{result['checked_compute_type']} {entry['speedup_per_round']['median']:.2f}x the transformers "
                     f"engine{others}; under the {ENGINE_GOAL:.0f}x goal. Both engines decode the same batches to the "
-                    "same lengths; what CTranslate2 saves is `generate`'s per-step overhead (Python, cache "
-                    "bookkeeping, many small kernels). That is most of a step for a tiny model and little once the "
-                    f"matrix products dominate, as they do at this size ({setup['parameters'] / 1e6:.1f}M parameters, "
-                    f"{setup['threads']} thread(s)), where float32 products run near the CPU's speed on both sides; "
-                    "int8 halves their cost."
+                    "same lengths; what CTranslate2 saves in float32 is `generate`'s per-step overhead (Python, "
+                    "cache bookkeeping, many small kernels), most of a step for a tiny model and a shrinking share "
+                    f"as the matrix products grow ({setup['parameters'] / 1e6:.1f}M parameters here, "
+                    f"{setup['threads']} thread(s); compare the rows of other widths). int8 also makes the products "
+                    "cheaper. NLLB-1.3B sits far beyond this size: see the GPU command."
                 )
         training = data.get("training")
         if not training:

@@ -73,7 +73,7 @@ class HardNegativeArguments:
     shard_size: int = field(default=10_000, metadata={"help": "Images (captions) per shard, the unit of resumption."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda when available)."})
     max_bad_rows: float = field(default=0.01, metadata={"help": "Fail when more than this share of images fails."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Start over instead of resuming."})
+    overwrite: bool = field(default=False, metadata={"help": "Start over instead of resuming."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
 
     def __post_init__(self):
@@ -91,7 +91,7 @@ class HardNegativeArguments:
 
 
 # Options that do not change the output.
-RESUME_INSENSITIVE = {"batch_size", "device", "progress", "max_bad_rows", "overwrite_output_dir", "search", "output"}
+RESUME_INSENSITIVE = {"batch_size", "device", "progress", "max_bad_rows", "overwrite", "search", "output"}
 
 
 # ================================================================================================================
@@ -289,7 +289,7 @@ def mine_hard_negatives(args: HardNegativeArguments, encoder: ClipEncoder | None
     for sub in ("embeddings", "neighbours"):
         (out / sub).mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out / sub)
-    if args.overwrite_output_dir:
+    if args.overwrite:
         for sub in ("embeddings", "neighbours"):
             for path in (out / sub).iterdir():
                 path.unlink()
@@ -300,7 +300,7 @@ def mine_hard_negatives(args: HardNegativeArguments, encoder: ClipEncoder | None
     config = {k: v for k, v in asdict(args).items() if k not in RESUME_INSENSITIVE}
     config.pop("image_root")  # folders may move between a run and its resumption; the captions' content may not
     config["captions"] = input_fingerprint(args.captions)
-    check_or_write_run_config(out / "run_config.json", config, args.overwrite_output_dir)
+    check_or_write_run_config(out / "run_config.json", config, args.overwrite, overwrite_flag="--overwrite")
 
     state = {"encoder": encoder}
 

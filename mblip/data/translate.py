@@ -44,6 +44,19 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from mblip.bad_rows import check_threshold
+from mblip.outputs import (
+    atomic_write_json,
+    check_settings,
+    mark_done,
+    model_identity,
+    read_done,
+    read_json,
+    read_jsonl,
+    remove_stale_temporaries,
+    write_jsonl,
+)
+
 from .filters import FilterConfig, FilterReport, check_fields, check_translation
 from .inputs import Columns, Example, check_malformed, input_fingerprint, load_examples
 from .languages import (
@@ -58,15 +71,7 @@ from .languages import (
     plan_language_counts,
     stable_seed,
 )
-from .storage import (
-    atomic_write_json,
-    read_json,
-    read_jsonl,
-    remove_stale_temporaries,
-    write_final_jsonl,
-    write_final_parquet,
-    write_jsonl,
-)
+from .storage import write_final_jsonl, write_final_parquet
 from .templates import (
     TASKS,
     LanguageTemplates,
@@ -126,15 +131,18 @@ class DataArguments:
     )
     output_format: str = field(default="jsonl", metadata={"help": "Final file format: jsonl or parquet."})
     output_name: str = field(default="train", metadata={"help": "Final file name, without extension."})
-    overwrite_output_dir: bool = field(
-        default=False, metadata={"help": "Discard a previous run in --output instead of resuming it."}
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Discard a previous run in --output instead of resuming it.",
+            "aliases": ["--overwrite_output_dir"],  # its name before 0.3, deprecated
+        },
     )
 
     def __post_init__(self):
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.output_format!r}.")
-        if not 0 <= self.max_bad_rows <= 1:
-            raise ValueError(f"--max_bad_rows is a fraction in [0, 1], got {self.max_bad_rows}.")
+        check_threshold(self.max_bad_rows)
         if self.task is not None and resolve_task(self.task) is None:
             raise ValueError(f"Unknown --task {self.task!r}. Tasks: {tasks_message()}.")
         if self.max_rows is not None and self.max_rows <= 0:
@@ -339,7 +347,7 @@ RESUME_INSENSITIVE = {
     "output_format",
     "output_name",
     "max_bad_rows",
-    "overwrite_output_dir",
+    "overwrite",
     "ctranslate2_cache_dir",
 }
 
@@ -598,21 +606,14 @@ def check_compute_type(device: torch.device | str, compute_type: str) -> None:
 
 
 def _model_fingerprint(name_or_path: str) -> tuple[str, str | None]:
-    """(fingerprint, Hub revision): the content of a local folder's files, or a Hub model's current commit."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")):
-            digest.update(file.name.encode() + b"\0")
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        return "sha256:" + digest.hexdigest(), None
-    from huggingface_hub import hf_hub_download
+    """(mblip.outputs.model_identity, Hub revision). A Hub id is resolved first, so that the identity names the
+    commit the Hub (or, offline, the cache) serves now, and an updated model is converted again."""
+    revision = None
+    if not Path(name_or_path).is_dir():
+        from huggingface_hub import hf_hub_download
 
-    # The cached config lives in snapshots/<commit>/: the revision the Hub (or, offline, the cache) resolves to now.
-    commit = Path(hf_hub_download(name_or_path, "config.json")).parent.name
-    return f"hub:{name_or_path}@{commit}", commit
+        revision = Path(hf_hub_download(name_or_path, "config.json")).parent.name  # snapshots/<commit>/config.json
+    return model_identity(name_or_path), revision
 
 
 def ctranslate2_model(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -1104,26 +1105,11 @@ def _settings(data_args, language_args, translation_args, filter_args) -> dict:
     return settings
 
 
-def _check_or_write_run_config(out: Path, config: dict, overwrite: bool) -> None:
-    path = out / "run_config.json"
-    if path.exists() and not overwrite:
-        previous = read_json(path)
-        old, new = previous.get("settings", {}), config["settings"]
-        old = {"engine": "transformers", "compute_type": None, **old}  # recorded before the engine was a setting
-        diffs = [
-            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-        ]
-        for key in ("input_fingerprint", "n_rows", "format_version"):
-            if previous.get(key) != config[key]:
-                diffs.append(f"{key}: {previous.get(key)!r} -> {config[key]!r}")
-        if diffs:
-            raise ValueError(
-                f"{out} holds a run with other settings, so its shards cannot be reused:\n  "
-                + "\n  ".join(diffs)
-                + "\nUse the same settings to resume, another --output, or --overwrite_output_dir to start over."
-            )
-        return
-    atomic_write_json(path, config)
+def _check_or_write_run_config(out: Path, config: dict) -> None:
+    """A fresh run records its settings, inputs and model; a resumed one must match them (mblip.outputs)."""
+    # Recorded before the engine was a setting: those runs used transformers.
+    legacy = {"settings.engine": "transformers", "settings.compute_type": None}
+    check_settings(out / "run_config.json", config, what=f"The run in {out}", defaults=legacy)
 
 
 def _reset_output(out: Path, output_name: str) -> None:
@@ -1135,25 +1121,20 @@ def _reset_output(out: Path, output_name: str) -> None:
 
 
 def _shard_done(out: Path, shard: Shard) -> bool:
-    marker = out / "shards" / f"{shard.name}.done.json"
-    if not marker.exists() or not (out / "shards" / f"{shard.name}.jsonl").exists():
+    if not (out / "shards" / f"{shard.name}.jsonl").exists():
         return False
-    info = read_json(marker)
     # Same examples as planned now; the run config guards the rest.
-    return (
-        info.get("n_examples") == len(shard.indices)
-        and info.get("first") == shard.indices[0]
-        and info.get("last") == shard.indices[-1]
-    )
+    expected = {"n_examples": len(shard.indices), "first": shard.indices[0], "last": shard.indices[-1]}
+    return read_done(out / "shards" / f"{shard.name}.done.json", expected) is not None
 
 
 def _prepare_output(out: Path, run_config: dict, data_args: DataArguments) -> None:
     """Main process, before any work: directories, a fresh start if asked, the resumption check, stale temporaries."""
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "templates").mkdir(parents=True, exist_ok=True)
-    if data_args.overwrite_output_dir:
+    if data_args.overwrite:
         _reset_output(out, data_args.output_name)
-    _check_or_write_run_config(out, run_config, data_args.overwrite_output_dir)
+    _check_or_write_run_config(out, run_config)
     for sub in ("shards", "templates", "."):
         removed = remove_stale_temporaries(out / sub)
         if removed:
@@ -1203,7 +1184,7 @@ def _write_shard(out: Path, shard: Shard, rows: list[dict], report: FilterReport
         "seconds": round(seconds, 3),
         "report": report.to_dict(),
     }
-    atomic_write_json(out / "shards" / f"{shard.name}.done.json", marker)
+    mark_done(out / "shards" / f"{shard.name}.done.json", marker)
 
 
 def _write_final(out: Path, shards: Sequence[Shard], data_args: DataArguments) -> tuple[Path, int]:
@@ -1282,6 +1263,7 @@ def build_task_mix(
         run_config = {
             "format_version": FORMAT_VERSION,
             "input_fingerprint": input_fingerprint(source, data_args.input_split),
+            "model_identity": model_identity(translation_args.model),
             "n_rows": n_rows,
             "settings": _settings(data_args, language_args, translation_args, filter_args),
         }

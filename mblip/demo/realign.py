@@ -417,7 +417,7 @@ def evaluate_job(paths: Paths, budget: Budget, pivot: bool) -> dict:
             continue
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
-            eval_main(evaluation_arguments(paths, budget, pivot, task) + ["--overwrite_output"])
+            eval_main(evaluation_arguments(paths, budget, pivot, task) + ["--overwrite"])
         tables[task] = captured.getvalue().strip()
     return {"seconds": time.perf_counter() - start, "tables": tables}
 

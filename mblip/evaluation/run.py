@@ -9,25 +9,27 @@ or with the same keys in one JSON or YAML file, flags after it overriding it:
 Tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope (see eval/README.md for each benchmark's files). The
 paper's prompts and decoding settings are the defaults; `--prompt`, `--num_beams`, `--max_new_tokens`, ... override.
 
-Writes, under `<output_dir>/<task>/`: `predictions_<split>_<lang>.jsonl` (appended as they are produced; a rerun
-skips the ids already there), `results_<split>_<lang>.json`, `results.md` (languages x metrics with the average)
+Writes, under `<output_dir>/<task>/`: `predictions_<split>_<lang>.jsonl` (appended to `.jsonl.partial` as they are
+produced and renamed when the language is done; a rerun skips the ids already there, drops a last line cut by a kill,
+and refuses predictions whose `predictions_<split>_<lang>.settings.json` records another model, dtype, quantization,
+prompt or decoding: see mblip/outputs.py), `results_<split>_<lang>.json`, `results.md` (languages x metrics with the average)
 and `results.png`; and `<output_dir>/model-index.yaml` and `<output_dir>/results.md` over every task evaluated
 there.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from mblip.bad_rows import MAX_BAD_ROWS_HELP, BadRows, check_threshold
 from mblip.images import ImageDecodeError, open_image
 from mblip.loading import DTYPE_HELP, DTYPES, describe_quantization, load_for_inference
+from mblip.outputs import ResumableJsonl, atomic_write_json, model_identity, read_resumable_jsonl
 
 from .prompts import PROMPT_LANGUAGES, check_template, load_override, render, template_for
 from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolve_languages, resolve_splits
@@ -36,7 +38,7 @@ from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolv
 logger = logging.getLogger("eval")
 
 # Skips that are part of a benchmark's protocol (the official evaluation drops these rows too) rather than data
-# errors: reported, but not held against --max_skipped_fraction.
+# errors: reported, but not held against --max_bad_rows.
 PROTOCOL_SKIPS = {"no_gold_label"}
 
 
@@ -97,12 +99,18 @@ class EvalArguments:
     )
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N examples per language."})
     output_dir: str = field(default="eval_results", metadata={"help": "Where predictions, results and reports go."})
-    overwrite_output: bool = field(default=False, metadata={"help": "Discard earlier predictions instead of resuming."})
-    max_skipped_fraction: float = field(
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Discard earlier predictions instead of resuming.",
+            "aliases": ["--overwrite_output"],  # its name before 0.3, deprecated
+        },
+    )
+    max_bad_rows: float = field(
         default=0.05,
         metadata={
-            "help": "Fail when more than this share of a language's rows is skipped (missing images, "
-            "malformed lines). Skipped rows are always counted and reported."
+            "help": f"{MAX_BAD_ROWS_HELP} Per language; bad rows: missing or unreadable images, malformed lines.",
+            "aliases": ["--max_skipped_fraction"],  # its name before 0.3, deprecated
         },
     )
     seed: int = field(default=42, metadata={"help": "Random seed (generation is deterministic: no sampling)."})
@@ -129,8 +137,7 @@ class EvalArguments:
             raise ValueError(
                 "--prompt replaces the built-in prompts; it cannot be combined with --prompt_language target"
             )
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError(f"--max_skipped_fraction must be within [0, 1], got {self.max_skipped_fraction}")
+        check_threshold(self.max_bad_rows)
         override = load_override(self.prompt)
         for lang in self.language_list:  # every template is checked before any work starts
             check_template(template_for(task, lang, override, self.prompt_language), task, list(task.fields))
@@ -198,22 +205,20 @@ def read_units(task: Task, args: EvalArguments) -> list[Unit]:
             template = template_for(task, lang, override, args.prompt_language)
             units.append(Unit(split, lang, examples, problems, data.n_rows, data.annotation_file, template))
             _log_problems(task, split, lang, problems, data.n_rows)
-    too_many = [u for u in units if _skipped_fraction(u.problems, u.n_rows) > args.max_skipped_fraction]
-    if too_many:
-        details = "; ".join(f"{u.split}/{u.lang}: {_counted(u.problems)} of {u.n_rows} rows" for u in too_many)
-        raise ValueError(
-            f"Too many skipped rows for {task.title} ({details}); more than --max_skipped_fraction "
-            f"{args.max_skipped_fraction}. Check --data_dir / --image_dir, or raise the threshold."
+    for unit in units:
+        bad_rows(unit.problems, unit.n_rows).check(
+            args.max_bad_rows, hint=f"{task.title} {unit.split}/{unit.lang}: check --data_dir / --image_dir"
         )
     return units
 
 
-def _counted(problems: list[Problem]) -> int:
-    return sum(p.kind not in PROTOCOL_SKIPS for p in problems)
-
-
-def _skipped_fraction(problems: list[Problem], n_rows: int) -> float:
-    return _counted(problems) / n_rows if n_rows else 0.0
+def bad_rows(problems: list[Problem], n_rows: int) -> BadRows:
+    """The problems held against --max_bad_rows (protocol skips are reported, not counted) as a BadRows report."""
+    bad = BadRows(total=n_rows, noun="rows", state="skipped")
+    for problem in problems:
+        if problem.kind not in PROTOCOL_SKIPS:
+            bad.add(problem.kind, problem.where, problem.detail)
+    return bad
 
 
 def _summary(problems: list[Problem]) -> dict[str, int]:
@@ -240,63 +245,18 @@ def _log_problems(task: Task, split: str, lang: str, problems: list[Problem], n_
 
 
 # ================================================================================================ predictions
-def _config_path(path: Path) -> Path:
-    return path.with_name(path.name.replace(".jsonl", ".config.json"))
+def _check_record(record: dict):
+    str(record["id"]), record["prediction"]
 
 
-def read_predictions(path: Path) -> tuple[dict[str, dict], int]:
-    """Predictions already on disk, by id, and the number of unreadable lines (e.g. cut by a crash)."""
-    done, broken = {}, 0
-    if not path.exists():
-        return done, broken
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                done[str(record["id"])] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                broken += 1
-    return done, broken
+def open_predictions(path: Path, settings: dict, overwrite: bool) -> ResumableJsonl:
+    """The predictions file of a unit, with what an earlier run of the same settings left in it (mblip.outputs)."""
+    return ResumableJsonl(path, settings, overwrite=overwrite, reopen=True, check=_check_record)
 
 
-def _open_for_append(path: Path):
-    """Append mode, after making sure an earlier, interrupted write did not leave the last line unterminated."""
-    if path.exists() and path.stat().st_size > 0:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":
-                with open(path, "a", encoding="utf-8") as fix:
-                    fix.write("\n")
-    return open(path, "a", encoding="utf-8")
-
-
-def _check_resume_config(path: Path, config: dict, overwrite: bool):
-    config_path = _config_path(path)
-    if overwrite:
-        for stale in (path, config_path):
-            if stale.exists():
-                stale.unlink()
-    if config_path.exists() and path.exists():
-        with open(config_path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        if previous != config:
-            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-            raise ValueError(
-                f"{path} holds predictions made with other settings (differing: {', '.join(changed)}). "
-                "Pass --overwrite_output to discard them, or choose another --output_dir."
-            )
-    else:
-        _write_json(config_path, config)
-
-
-def _write_json(path: Path, data):
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, ensure_ascii=False, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
+def read_predictions(path: Path) -> dict[str, dict]:
+    """Finished predictions by id."""
+    return {str(row["id"]): row for row in read_resumable_jsonl(path, _check_record)[0]} if path.exists() else {}
 
 
 def generation_kwargs(task: Task, args: EvalArguments) -> dict:
@@ -313,14 +273,11 @@ def generation_kwargs(task: Task, args: EvalArguments) -> dict:
 
 @torch.no_grad()
 def generate_unit(
-    task, unit: Unit, model, processor, device, gen_kwargs: dict, path: Path, batch_size: int
+    task, unit: Unit, model, processor, device, gen_kwargs: dict, predictions: ResumableJsonl, batch_size: int
 ) -> list[Problem]:
-    """Generates the predictions missing from `path`, appending each batch as soon as it is decoded."""
-    done, broken = read_predictions(path)
-    if broken:
-        logger.warning(
-            "%s: %d unreadable lines in %s are ignored; those examples are generated again", path.name, broken, path
-        )
+    """Generates the predictions missing from `predictions`, appending each batch as soon as it is decoded."""
+    path = predictions.output
+    done = {str(row["id"]) for row in predictions.rows}
     todo = [e for e in unit.examples if e.id not in done]
     label = f"{task.name}/{unit.split}/{unit.lang}"
     if not todo:
@@ -336,7 +293,7 @@ def generate_unit(
     language_name = task.language_name(unit.lang)
     vision_dtype = next(model.vision_model.parameters()).dtype
     problems = []
-    with _open_for_append(path) as out, tqdm(total=len(todo), desc=label, unit="ex") as progress:
+    with tqdm(total=len(todo), desc=label, unit="ex") as progress:
         for start in range(0, len(todo), batch_size):
             batch, images = [], []
             for example in todo[start : start + batch_size]:
@@ -354,16 +311,18 @@ def generate_unit(
                 inputs["pixel_values"] = inputs["pixel_values"].to(vision_dtype)
                 output = model.generate(**inputs, **gen_kwargs)
                 texts = processor.batch_decode(output, skip_special_tokens=True)
-                for example, prompt, text in zip(batch, prompts, texts):
-                    record = {
-                        "id": example.id,
-                        "prediction": text.strip(),
-                        "prompt": prompt,
-                        "references": example.references,
-                        "images": [str(p) for p in example.images],
-                    }
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                out.flush()
+                predictions.write(
+                    [
+                        {
+                            "id": example.id,
+                            "prediction": text.strip(),
+                            "prompt": prompt,
+                            "references": example.references,
+                            "images": [str(p) for p in example.images],
+                        }
+                        for example, prompt, text in zip(batch, prompts, texts)
+                    ]
+                )
             progress.update(len(todo[start : start + batch_size]))
     if problems:
         _log_problems(task, unit.split, unit.lang, problems, len(todo))
@@ -374,21 +333,27 @@ def generate_unit(
 def evaluate_unit(task, unit, model_args, args, model, processor, device, task_dir: Path) -> dict:
     gen_kwargs = generation_kwargs(task, args)
     path = task_dir / f"predictions_{unit.stem}.jsonl"
-    config = {
+    settings = {
         "model": model_args.model,
+        "model_identity": model_identity(model_args.model),
         "dtype": model_args.dtype,
         "quantization": _quantization(model_args),
         "prompt_template": unit.template,
         "generation": gen_kwargs,
     }
-    _check_resume_config(path, config, args.overwrite_output)
-    late_problems = generate_unit(task, unit, model, processor, device, gen_kwargs, path, args.batch_size)
-    done, _ = read_predictions(path)
+    output = open_predictions(path, settings, args.overwrite)
+    try:
+        late_problems = generate_unit(task, unit, model, processor, device, gen_kwargs, output, args.batch_size)
+    finally:
+        output.close()  # a failure keeps the .partial file, so that a rerun resumes there
+    output.finish()
+    done = read_predictions(path)
     scored = [e for e in unit.examples if e.id in done]
     predictions = [done[e.id]["prediction"] for e in scored]
     metrics = task.score(predictions, scored, unit.lang) if scored else {}
     problems = unit.problems + late_problems
-    n_skipped = _counted(problems)
+    bad = bad_rows(problems, unit.n_rows)
+    n_skipped = bad.count
     example_prompt = render(unit.template, unit.examples[0], task.language_name(unit.lang)) if unit.examples else None
     result = {
         "task": task.name,
@@ -408,22 +373,21 @@ def evaluate_unit(task, unit, model_args, args, model, processor, device, task_d
         "n_scored": len(scored),
         "limit": args.limit,
         "n_skipped": n_skipped,
+        "bad_rows": bad.to_dict(),
+        "max_bad_rows": args.max_bad_rows,
         "skipped": _summary(problems),
         "skipped_examples": [p.as_dict() for p in problems[:10]],
         "complete": n_skipped == 0 and args.limit is None and len(scored) == len(unit.examples),
         "annotation_file": unit.annotation_file,
         "predictions_file": str(path),
     }
-    _write_json(task_dir / f"results_{unit.stem}.json", result)
+    atomic_write_json(task_dir / f"results_{unit.stem}.json", result)
     shown = ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     logger.info(
         "%s %s/%s: %s (%d scored, %d skipped)", task.title, unit.split, unit.lang, shown, len(scored), n_skipped
     )
-    if late_problems and _skipped_fraction(problems, unit.n_rows) > args.max_skipped_fraction:
-        raise RuntimeError(
-            f"{task.title} {unit.split}/{unit.lang}: {n_skipped} of {unit.n_rows} rows skipped (unreadable images: "
-            f"{len(late_problems)}), more than --max_skipped_fraction {args.max_skipped_fraction}; see {task_dir}"
-        )
+    if late_problems:
+        bad.check(args.max_bad_rows, hint=f"{task.title} {unit.split}/{unit.lang}; see {task_dir}")
     return result
 
 
@@ -443,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     units = read_units(task, args)
     task_dir = Path(args.output_dir) / task.name
     task_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(task_dir / "arguments.json", {"model": asdict(model_args), "eval": asdict(args)})
+    atomic_write_json(task_dir / "arguments.json", {"model": asdict(model_args), "eval": asdict(args)})
 
     model, processor, device = load_model(model_args)
     results = {}
