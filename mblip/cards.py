@@ -188,7 +188,8 @@ def usage(repo_id: str, remote_code: bool = True, chat_template: bool = True) ->
         "# Captions in several languages, in one batch (the paper's captioning prompt)",
         'languages = ["English", "German", "Swahili", "Chinese"]',
         f'prompts = [f"{captions}" for language in languages]',
-        'inputs = processor(images=[image] * len(prompts), text=prompts, return_tensors="pt").to(model.device)',
+        'inputs = processor(images=[image] * len(prompts), text=prompts, padding=True, return_tensors="pt")',
+        "inputs = inputs.to(model.device)",
         "with torch.no_grad():",
         "    output = model.generate(**inputs, max_new_tokens=50, num_beams=5)",
         "for language, caption in zip(languages, processor.batch_decode(output, skip_special_tokens=True)):",
@@ -197,7 +198,8 @@ def usage(repo_id: str, remote_code: bool = True, chat_template: bool = True) ->
         "# Visual question answering with the paper's prompt (xGQA): questions in any language, short English answers",
         'questions = ["What colour is the car?", "Wie viele Menschen sind auf dem Bild?"]',
         'prompts = [f"Question: {question} Short answer in English:" for question in questions]',
-        'inputs = processor(images=[image] * len(prompts), text=prompts, return_tensors="pt").to(model.device)',
+        'inputs = processor(images=[image] * len(prompts), text=prompts, padding=True, return_tensors="pt")',
+        "inputs = inputs.to(model.device)",
         "with torch.no_grad():",
         "    output = model.generate(**inputs, max_new_tokens=10, num_beams=5, length_penalty=-1.0)",
         "print(processor.batch_decode(output, skip_special_tokens=True))",
@@ -286,7 +288,7 @@ def _evaluated_tasks(eval_results: Sequence[EvalResult] | None) -> list[str]:
 def results_table(eval_results: Sequence[EvalResult] | None) -> str:
     """The card's per-language results: one row per language, one column per benchmark, split and metric."""
     if not eval_results:
-        return "No results yet: run the commands above and merge `model-index.yaml` into this card."
+        return "No results yet: run the commands above and merge their results into this card (`mblip.cards.merge_eval_results`)."
     columns, rows, cells = [], [], {}
     for r in eval_results:
         title = (r.dataset_name or r.dataset_type).split(" (")[0]
@@ -356,9 +358,9 @@ def evaluation(
         f"--image_dir {image_dir} --output_dir results/{name}-check",
         "```",
         "",
-        "Each run writes `predictions_<split>_<lang>.jsonl`, per-language results, `results.md` and the card's "
-        "`model-index.yaml` under `--output_dir`. The metrics load as `evaluate` modules (or plain functions in "
-        "`mblip.evaluation.metrics`) from any directory, e.g. to score the predictions again:",
+        "Each run writes `predictions_<split>_<lang>.jsonl`, per-language results, `results.md` and this card's "
+        "results metadata (YAML) under `--output_dir`. The metrics load as `evaluate` modules (or plain functions "
+        "in `mblip.evaluation.metrics`) from any directory, e.g. to score the predictions again:",
         "",
         "```python",
         "import json",

@@ -125,7 +125,11 @@ def run_fingerprint(model_args, data_args, training_args) -> dict:
     model = {k: v for k, v in asdict(model_args).items() if k not in OUTPUT_ONLY["model"]}
     data = {k: v for k, v in asdict(data_args).items() if k not in OUTPUT_ONLY["data"]}
     if data_args.train_file:
-        data["train_file"] = file_identity(data_args.train_file)
+        from .training_data import data_files  # several files or globs: each file's identity
+
+        files = data_files(data_args.train_file)
+        identities = [file_identity(f) for f in files]
+        data["train_file"] = identities[0] if len(identities) == 1 else identities
     training = {k: v for k, v in training_args.to_dict().items() if not k.startswith(OUTPUT_ONLY_TRAINING_PREFIXES)}
     training["world_size"] = training_args.world_size
     return _plain({"model": model, "data": data, "training": training})

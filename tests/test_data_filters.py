@@ -73,8 +73,8 @@ def test_check_translation_reasons_in_order():
     assert check_translation(ENGLISH, ENGLISH, "de", config).reason == "copy"
     assert check_translation(ENGLISH, "Hund Hund Hund Hund Hund", "de", config).reason == "repetition"
     assert check_translation(ENGLISH, "The dog is running along the beach.", "de", config).reason == "wrong_language"
-    # Unsupported languages and short texts are kept but reported as unchecked, not as verified.
-    assert check_translation(ENGLISH, GERMAN, "ceb", config).langid == "unchecked_unsupported"
+    # Every table language has a verdict (German is not Cebuano); short texts are kept but reported as unchecked.
+    assert check_translation(ENGLISH, GERMAN, "ceb", config).reason == "wrong_language"
     assert check_translation("red", "rot", "de", config, short=True).langid == "unchecked_short"
     relaxed = FilterConfig(check_language=False, drop_truncated=False)
     assert check_translation(ENGLISH, "The dog is running along the beach.", "de", relaxed).reason is None

@@ -203,7 +203,9 @@ def test_an_image_over_the_limit_is_a_counted_skip_in_trainings_data_check(tmp_p
         kept, report = drop_bad_rows(datasets.Dataset.from_list(rows), args, "train")
     assert len(kept) == 5 and "huge.png" not in kept["image_id"]
     assert report["bad_rows"] == 1 and report["by_reason"] == {"image over the pixel limit": 1}
-    assert report["examples"] == [{"row": 2, "reason": "image over the pixel limit", "image": "huge.png"}]
+    (example,) = report["examples"]
+    assert example["row"] == 2 and example["reason"] == "image over the pixel limit"
+    assert example["column"] == "image_id" and example["image"].endswith("huge.png'")  # the file is named
     assert "huge.png" in caplog.text
     # More of them than --max_bad_rows allows fails the run.
     with pytest.raises(ValueError, match="image over the pixel limit"):

@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ CARD_ID = "org/mblip-tiny"  # convert_mblip.py's default for --output_dir mblip-
 EXPORT_ID = "org/mblip-tiny-blip2"
 
 SKIP = re.compile(r"^<!--\s*snippet:\s*skip\s+reason=(?P<reason>.*?)\s*-->$")
-FENCE = re.compile(r"^```(?P<lang>[\w+-]*)\s*$")
+FENCE = re.compile(r"^\s*```(?P<lang>[\w+-]*)\s*$")  # also inside list items (indented)
 
 
 @dataclass
@@ -82,7 +83,8 @@ def code_blocks(text: str) -> list[Block]:
             i += 1
         before = next((lines[j].strip() for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         skip = SKIP.match(before)
-        blocks.append(Block(match["lang"], start + 1, "\n".join(body) + "\n", skip["reason"] if skip else None))
+        code = textwrap.dedent("\n".join(body)) + "\n"
+        blocks.append(Block(match["lang"], start + 1, code, skip["reason"] if skip else None))
         i += 1
     return blocks
 
@@ -105,6 +107,8 @@ def test_block_parser_reads_markers_and_lines():
     blocks = code_blocks(text)
     assert [(b.lang, b.line, b.skip) for b in blocks] == [("python", 2, None), ("bash", 8, "needs a GPU")]
     assert blocks[0].code == "print(1)\n"
+    indented = code_blocks("- item:\n\n  " + SKIP_MARKER.format("r") + "\n  ```python\n  x = 1\n    y = 2\n  ```\n")
+    assert [(b.lang, b.line, b.skip, b.code) for b in indented] == [("python", 4, "r", "x = 1\n  y = 2\n")]
 
 
 # ---------------------------------------------------------------------------------------------------- the workspace
