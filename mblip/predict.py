@@ -1,4 +1,4 @@
-r"""Images (a list, a folder, or a JSONL file of image/prompt pairs) plus a prompt in, generated text out, batched.
+r"""Images (a list, a folder, a JSONL of image/prompt pairs, a `datasets` dataset) plus a prompt in, text out, batched.
 
     # Caption a folder in German, 8 images per batch, into a JSONL file
     python predict.py --model outputs/demo/mblip --image_dir photos/ --prompt "Caption the image in German." \
@@ -9,6 +9,10 @@ r"""Images (a list, a folder, or a JSONL file of image/prompt pairs) plus a prom
 
     # A prompt per image (JSONL): {"image": "cat.jpg", "prompt": "Question: ... Short answer in French:"}
     python predict.py --prompts_file questions.jsonl --num_beams 5 --max_new_tokens 10 --output answers.jsonl
+
+    # A `datasets` dataset in any form: an imagefolder, parquet with embedded images, webdataset shards, a Hub id
+    python predict.py --dataset_name photos_with_metadata/ --image_column image --lang de --output preds.jsonl
+    python predict.py --data_files "shards/*.tar" --image_column jpg --prompt_column json.prompt --output preds.jsonl
 
     # An 8-bit LLM (bitsandbytes), bf16 vision stack, on the GPU when there is one
     python predict.py --model Gregor/mblip-mt0-xl --image_dir photos/ --lang fr --load_in_8bit --dtype bfloat16
@@ -54,6 +58,14 @@ from mblip.loading import DTYPE_HELP, DTYPES, load_for_inference
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.outputs import ResumableJsonl, model_identity
 from mblip.processing_mblip import MBlipProcessor
+from mblip.training_data import (
+    ImageValueError,
+    get_field,
+    image_sources,
+    inference_name,
+    load_dataset_for_inference,
+    resolve_column,
+)
 
 
 logger = logging.getLogger("predict")
@@ -109,6 +121,30 @@ class PredictArguments:
             "Rows without a prompt get --prompt / --lang. Predictions are in the same format, plus 'text'."
         },
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Predict on a `datasets` dataset instead: a Hub id or a local folder (imagefolder with "
+            "metadata.jsonl, parquet or webdataset shards, a save_to_disk folder)."
+        },
+    )
+    data_files: str | None = field(
+        default=None,
+        metadata={"help": "Or data files (commas or globs) of any format datasets infers: parquet, jsonl, .tar, ..."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "--dataset_name's configuration."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split to predict on (default: the only one)."})
+    image_column: str = field(
+        default="image",
+        metadata={
+            "help": "With --dataset_name / --data_files: the image column (paths relative to --image_root, an Image() "
+            "column, {bytes, path} records or bytes; dots reach nested fields)."
+        },
+    )
+    prompt_column: str | None = field(
+        default=None, metadata={"help": "With --dataset_name / --data_files: a column of prompts, one per row."}
+    )
+    image_root: str = field(default=".", metadata={"help": "Folder a dataset's image paths are relative to."})
     prompt: str | None = field(
         default=None, metadata={"help": f"The prompt for every image. Default: {DEFAULT_PROMPT!r}."}
     )
@@ -144,12 +180,18 @@ class PredictArguments:
     )
 
     def __post_init__(self):
-        sources = {"images": self.images, "image_dir": self.image_dir, "prompts_file": self.prompts_file}
+        sources = {
+            "images": self.images,
+            "image_dir": self.image_dir,
+            "prompts_file": self.prompts_file,
+            "dataset_name": self.dataset_name,
+            "data_files": self.data_files,
+        }
         given = [f"--{name}" for name, value in sources.items() if value]
         if len(given) != 1:
             raise ValueError(
-                "Pass exactly one of --images FILE..., --image_dir DIR or --prompts_file FILE "
-                f"(got {', '.join(given) if given else 'none'})"
+                "Pass exactly one of --images FILE..., --image_dir DIR, --prompts_file FILE, --dataset_name NAME or "
+                f"--data_files FILES (got {', '.join(given) if given else 'none'})"
             )
         if self.recursive and not self.image_dir:
             raise ValueError("--recursive only applies to --image_dir")
@@ -241,8 +283,9 @@ def generate_texts(model, processor, images: list, prompts: list[str], **generat
 # ---------------------------------------------------------------------------------------------------- inputs
 @dataclass
 class Item:
-    image: str
+    image: str  # a path, or how the output names a dataset row's image
     prompt: str
+    source: object = None  # for dataset rows: a callable returning what open_image takes (read when it is opened)
 
 
 def image_extensions() -> set[str]:
@@ -294,6 +337,8 @@ def collect_items(args: PredictArguments) -> tuple[list[Item], list[str]]:
     """What to predict, in order, and the --image_dir files that are not images."""
     if args.prompts_file:
         return read_prompts_file(args.prompts_file, args.default_prompt), []
+    if args.dataset_name or args.data_files:
+        return read_dataset(args), []
     if args.image_dir:
         images, others = list_image_dir(args.image_dir, args.recursive)
         if not images:
@@ -306,6 +351,36 @@ def collect_items(args: PredictArguments) -> tuple[list[Item], list[str]]:
                 f"--images: {len(missing)} of {len(images)} files do not exist: {', '.join(missing[:5])}"
             )
     return [Item(image, args.default_prompt) for image in images], others
+
+
+def read_dataset(args: PredictArguments) -> list[Item]:
+    """A `datasets` dataset's rows in order, in any form of image column (mblip/training_data.py; a row holding a list
+    of images is predicted on its first); each image is read again only when its batch is predicted."""
+    dataset, split = load_dataset_for_inference(
+        args.dataset_name, args.dataset_config_name, args.dataset_split, args.data_files, args.image_column
+    )
+    for name in filter(None, (args.image_column, args.prompt_column)):
+        resolve_column(dataset.column_names, name, f"The {split} split")
+    images = dataset.select_columns([resolve_column(dataset.column_names, args.image_column)])
+    columns = [c for c in {args.image_column, args.prompt_column} if c]
+    tops = sorted({resolve_column(dataset.column_names, c) for c in columns})
+    items = []
+    for index, batch in enumerate(dataset.select_columns(tops).iter(batch_size=1000)):
+        for offset in range(len(batch[tops[0]])):
+            row = index * 1000 + offset
+            record = {top: batch[top][offset] for top in tops}
+            value = get_field(record, args.image_column, None)
+            prompt = get_field(record, args.prompt_column, None) if args.prompt_column else None
+            prompt = str(prompt) if prompt is not None and str(prompt).strip() else args.default_prompt
+
+            def source(row=row):
+                value = get_field(images[row], args.image_column, None)
+                return image_sources(value, args.image_root)[0]
+
+            items.append(Item(inference_name(value, split, row, args.image_root), prompt, source))
+    if not items:
+        raise PredictError(f"The {split} split holds no rows")
+    return items
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -384,8 +459,8 @@ def run_batches(todo: list[Item], model, processor, write, args: PredictArgument
     with logging_redirect_tqdm(), tqdm(total=len(todo), unit="image", desc="predict", dynamic_ncols=True) as progress:
         for item in todo:
             try:
-                batch.append((item, open_image(item.image)))
-            except ImageDecodeError as err:
+                batch.append((item, open_image(item.source() if item.source else item.image)))
+            except (ImageDecodeError, ImageValueError) as err:
                 logger.warning("Skipping unreadable image %s (%s)", item.image, err.reason)
                 report.bad_rows.add(err.reason, item.image)
                 progress.update(1)

@@ -710,8 +710,17 @@ class CheckedStream(torch.utils.data.IterableDataset):
 class StreamState(TrainerCallback, ExportableState):
     """Puts the stream's state at each checkpoint's step into that checkpoint's trainer_state.json."""
 
-    def __init__(self, stream: CheckedStream | None = None, accumulation: int = 1):
+    def __init__(self, stream: CheckedStream | None = None, accumulation: int = 1, resumed_from: str | None = None):
         self.stream, self.accumulation, self.step = stream, accumulation, 0
+        self.resumed_from = resumed_from
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.resumed_from:
+            # Skipping no batches, the Trainer restores the checkpoint's RNG states *before* it starts the data
+            # loader, whose start draws a seed from torch's global RNG: every draw after it (dropout) would be one
+            # off an uninterrupted run's. Restored again here, before the first step, they match it exactly.
+            restore_rng_states(self.resumed_from, args)
+            self.resumed_from = None
 
     def state(self) -> dict:
         saved = self.stream.state_at(self.step * self.accumulation) if self.stream is not None else None
@@ -730,6 +739,27 @@ class StreamState(TrainerCallback, ExportableState):
         if trained is not None:
             self.stream.tally.restore(trained["report"])
         self.stream.tally.check(self.stream.split, self.stream.data_args.max_bad_rows)
+
+
+def restore_rng_states(checkpoint: str, args) -> None:
+    """The RNG states the Trainer saved with `checkpoint` (python, numpy, torch CPU and CUDA), for this process."""
+    import random
+
+    name = f"rng_state_{args.process_index}.pth" if args.world_size > 1 else "rng_state.pth"
+    path = Path(checkpoint) / name
+    if not path.is_file():
+        logger.warning("%s has no %s: a resumed stream's random draws (dropout) may differ", checkpoint, name)
+        return
+    states = torch.load(path, weights_only=False)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.random.set_rng_state(states["cpu"])
+    if torch.cuda.is_available() and "cuda" in states:
+        cuda = states["cuda"]
+        if isinstance(cuda, (list, tuple)):
+            torch.cuda.random.set_rng_state_all(cuda)
+        else:
+            torch.cuda.random.set_rng_state(cuda)
 
 
 def saved_stream_state(checkpoint: str | None) -> dict | None:
@@ -810,7 +840,8 @@ def prepare_data(data_args, training_args, last_checkpoint: str | None = None, c
         logger.info("Resuming the stream at step %d from its saved state (no rows re-read)", step)
     elif last_checkpoint:
         logger.warning("%s holds no stream state: the Trainer re-reads the stream up to its step", last_checkpoint)
-    callbacks.append(StreamState(stream, training_args.gradient_accumulation_steps))
+    resumed_from = last_checkpoint if saved is not None else None
+    callbacks.append(StreamState(stream, training_args.gradient_accumulation_steps, resumed_from))
     return stream, validation, report, languages, callbacks
 
 
@@ -827,3 +858,41 @@ def iter_column_sources(dataset, column: str, image_root: str, batch_size: int =
             except ImageValueError:
                 pass
         offset += len(batch[top])
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def load_dataset_for_inference(
+    dataset_name: str | None, config_name: str | None, split: str | None, files: str | None, image_column: str
+) -> tuple[datasets.Dataset, str]:
+    """A dataset (any form above) to predict on, with its image column decoded lazily, and the split's name. Without
+    `split`, a dataset with a single split uses it; several are an error that names them."""
+    if files:
+        builder, kwargs = builder_for(data_files(files, "--data_files"), "--data_files")
+        loaded = datasets.load_dataset(builder, data_files=data_files(files, "--data_files"), **kwargs)
+    elif dataset_name and Path(dataset_name).is_dir() and any(
+        (Path(dataset_name) / name).is_file() for name in ("dataset_dict.json", "state.json")
+    ):
+        loaded = datasets.load_from_disk(dataset_name)
+    else:
+        loaded = datasets.load_dataset(dataset_name, config_name)
+    if isinstance(loaded, datasets.Dataset):
+        dataset, split = loaded, split or "train"
+    else:
+        if split is None and len(loaded) == 1:
+            split = next(iter(loaded))
+        if split not in loaded:
+            raise ValueError(f"--dataset_split {split!r} is not a split of the data; its splits are {list(loaded)}")
+        dataset = loaded[split]
+    return decode_lazily(dataset, image_column, f"the {split} split"), split
+
+
+def inference_name(value, split: str, row: int, image_root: str = ".") -> str:
+    """How prediction output names a dataset row's image: its path where it has one on disk, else split[row]."""
+    if isinstance(value, str):
+        return os.path.join(image_root, value)
+    if isinstance(value, dict) and not value.get("bytes") and value.get("path"):
+        return os.fspath(value["path"])
+    name = f"{split}[{row}]"
+    if isinstance(value, dict) and value.get("path"):
+        name += f" ({value['path']})"
+    return name

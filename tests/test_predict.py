@@ -347,7 +347,11 @@ def test_too_many_unreadable_images_fail_and_keep_the_partial_output(model_dir, 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "Pass exactly one of --images FILE..., --image_dir DIR or --prompts_file FILE (got none)"),
+        (
+            [],
+            "Pass exactly one of --images FILE..., --image_dir DIR, --prompts_file FILE, --dataset_name NAME or "
+            "--data_files FILES (got none)",
+        ),
         (["--images", "a.png", "--image_dir", "x"], "(got --images, --image_dir)"),
         (["--images", "a.png", "--prompt", "Hi", "--lang", "de"], "not both (got prompt='Hi', lang='de')"),
         (["--images", "a.png", "--lang", "klingon"], "--lang 'klingon' is not one of mBLIP's 96 languages"),

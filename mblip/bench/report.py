@@ -911,6 +911,12 @@ FINDINGS = """Why:
 """
 
 
+def data_scale_section(data: dict | None) -> list[str]:
+    from .data_scale import report_section
+
+    return report_section(data) if data else []
+
+
 def render(results_dir: str | Path = "benchmarks") -> str:
     results = load(results_dir)
     lines = [
@@ -936,5 +942,6 @@ def render(results_dir: str | Path = "benchmarks") -> str:
         lines += training_profile_section(data)
         lines += translation_section(data)
         lines += hard_negatives_section(data)
+        lines += data_scale_section(data.get("data_scale"))
     lines += [*findings_section(results), METHOD, *not_measured_section(results)]
     return "\n".join(lines).rstrip() + "\n"
