@@ -869,8 +869,10 @@ def load_dataset_for_inference(
     if files:
         builder, kwargs = builder_for(data_files(files, "--data_files"), "--data_files")
         loaded = datasets.load_dataset(builder, data_files=data_files(files, "--data_files"), **kwargs)
-    elif dataset_name and Path(dataset_name).is_dir() and any(
-        (Path(dataset_name) / name).is_file() for name in ("dataset_dict.json", "state.json")
+    elif (
+        dataset_name
+        and Path(dataset_name).is_dir()
+        and any((Path(dataset_name) / name).is_file() for name in ("dataset_dict.json", "state.json"))
     ):
         loaded = datasets.load_from_disk(dataset_name)
     else:
