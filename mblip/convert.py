@@ -146,7 +146,19 @@ def load_processor_parts(path: Path, what: str):
 
 
 # ---------------------------------------------------------------------------------------------------- conversions
-def from_blip2(src: str, dtype: str = "auto"):
+# "checkpoint" keeps each source's own dtype (transformers' dtype="auto"); the others are mblip/loading.py's names, and
+# there "auto" means bfloat16 only on a capable CUDA GPU, so float32 here where conversion runs on the CPU.
+CONVERT_DTYPES = ("checkpoint", *DTYPES)
+
+
+def conversion_dtype(name: str):
+    """What from_pretrained's `dtype` gets for a --dtype name: "auto" (the checkpoint's own) or a torch dtype."""
+    if name not in CONVERT_DTYPES:
+        raise ValueError(f"--dtype must be one of {list(CONVERT_DTYPES)}, got {name!r}")
+    return "auto" if name == "checkpoint" else resolve_dtype(name, "cpu")
+
+
+def from_blip2(src: str, dtype: str = "checkpoint"):
     """A transformers BLIP-2 checkpoint as an mBLIP model and processor (same weights, key for key)."""
     path = resolve_source(src, "--from_blip2 source")
     config_dict = read_config_dict(path, "--from_blip2 source")
@@ -160,9 +172,8 @@ def from_blip2(src: str, dtype: str = "auto"):
         shapes = MBlipForConditionalGeneration(config)
     check_shapes(shapes, read_shapes(path), f"--from_blip2 source {src!r}")
     del shapes
-    # Conversion runs on the CPU, so --dtype auto resolves to float32 (mblip/loading.py), whatever the machine.
     model, info = MBlipForConditionalGeneration.from_pretrained(
-        str(path), config=config, dtype=resolve_dtype(dtype, "cpu"), output_loading_info=True
+        str(path), config=config, dtype=conversion_dtype(dtype), output_loading_info=True
     )
     if info["missing_keys"]:
         raise ConversionError(
@@ -193,7 +204,9 @@ def read_shapes(path: Path) -> dict[str, torch.Tensor]:
     return shapes
 
 
-def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: int = 0, projection_init: str = "auto"):
+def from_parts(
+    vision_src: str, language_src: str, dtype: str = "checkpoint", seed: int = 0, projection_init: str = "auto"
+):
     """The paper's starting point: BLIP-2's ViT, Q-Former and queries, an unchanged LLM, and a projection between them.
 
     `projection_init`: "auto" starts from the BLIP-2 checkpoint's own projection when it maps into the LLM's hidden size
@@ -237,12 +250,13 @@ def from_parts(vision_src: str, language_src: str, dtype: str = "auto", seed: in
         raise ConversionError(
             f"--vision_model {vision_src!r} lacks {len(missing)} vision-stack weights, e.g. {missing[:5]}"
         )
-    vision_tensors = {k: v.to(resolve_dtype(dtype, "cpu")) for k, v in vision_tensors.items()}
+    if dtype != "checkpoint":
+        vision_tensors = {k: v.to(conversion_dtype(dtype)) for k, v in vision_tensors.items()}
     model.load_state_dict(vision_tensors, strict=False, assign=True)
     del vision_tensors
 
     llm_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model.language_model = llm_class.from_pretrained(str(language_path), dtype=resolve_dtype(dtype, "cpu"))
+    model.language_model = llm_class.from_pretrained(str(language_path), dtype=conversion_dtype(dtype))
 
     # The projection from the Q-Former's width into the LLM's embedding space, in the LLM's dtype.
     llm_dtype = model.language_model.get_input_embeddings().weight.dtype
@@ -407,10 +421,10 @@ class ConvertArguments:
         default=None, metadata={"help": "An mBLIP repository to export in plain transformers BLIP-2 format."}
     )
     dtype: str = field(
-        default="auto",
+        default="checkpoint",
         metadata={
-            "help": f"Weights' dtype, one of {sorted(DTYPES)}; {DTYPE_HELP}: float32 here, where conversion runs "
-            "on the CPU."
+            "help": f"Weights' dtype, one of {list(CONVERT_DTYPES)}: checkpoint keeps each source's own dtype (a "
+            f"bfloat16 BLIP-2 stays bfloat16); {DTYPE_HELP}: float32 here, where conversion runs on the CPU."
         },
     )
     max_shard_size: str = field(default=DEFAULT_MAX_SHARD_SIZE, metadata={"help": "Largest safetensors shard."})
@@ -453,8 +467,7 @@ class ConvertArguments:
                 "Parts mode needs both --vision_model and --language_model "
                 f"(got vision_model={self.vision_model!r}, language_model={self.language_model!r})"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        conversion_dtype(self.dtype)  # refuses an unknown name, listing the known ones
         if self.projection_init not in PROJECTION_INITS:
             raise ValueError(f"--projection_init must be one of {PROJECTION_INITS}, got {self.projection_init!r}")
 

@@ -378,3 +378,19 @@ def test_model_card_metadata_survives_yaml(tmp_path):
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.language == ["no", "en"] and card.data.base_model == ["bigscience/mt0-xl"]
     assert f"`{local}`" in card.text
+
+
+def test_default_dtype_keeps_the_checkpoints_own_and_a_named_one_is_applied(tmp_path):
+    blip2, _ = make_blip2("mt5", tmp_path / "blip2")
+    blip2.to(torch.bfloat16).save_pretrained(tmp_path / "blip2")  # as BLIP-2 checkpoints are often published
+    assert convert_mblip.main(["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "kept")]) == 0
+    kept = MBlipForConditionalGeneration.from_pretrained(tmp_path / "kept", dtype="auto")
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
+    for key, value in blip2.state_dict().items():
+        assert torch.equal(kept.state_dict()[key], value), key
+    argv = ["--from_blip2", str(tmp_path / "blip2"), "--output_dir", str(tmp_path / "fp32"), "--dtype", "float32"]
+    assert convert_mblip.main(argv) == 0
+    wide = MBlipForConditionalGeneration.from_pretrained(tmp_path / "fp32", dtype="auto")
+    assert {p.dtype for p in wide.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match=r"--dtype must be one of \['checkpoint', 'auto', .*got 'fp8'"):
+        convert_mblip.ConvertArguments(from_blip2="x", output_dir="y", dtype="fp8")
