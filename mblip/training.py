@@ -924,7 +924,18 @@ def count_parameters(model) -> dict:
 class MBlipTrainer(GenerationValidationMixin, Trainer):
     """A Trainer with the paper's per-part learning rates, whose checkpoints hold only the trainable weights (the
     frozen, possibly quantized LLM is never rewritten) plus the usual optimizer, scheduler and RNG states, and whose
-    `evaluate()` adds the scores of validation by generation (`validation=`, mblip/validation.py)."""
+    `evaluate()` adds the scores of validation by generation (`validation=`, mblip/validation.py).
+
+    Overrides, and why no public hook replaces them:
+    - `create_optimizer`, `compute_loss`, `training_step` are public and documented for subclassing. The optimizer
+      builds one group per (learning rate, weight decay) pair; `compute_loss` removes the collator's failed-row
+      bookkeeping before the forward pass and `training_step` sums the step losses (RunBookkeeping's inputs).
+    - `_save`, `_load_from_checkpoint`, `_load_best_model` are private. The Trainer's checkpoint writes the whole
+      model through `save_pretrained` (the frozen LLM, gigabytes and possibly quantized, at every save) and its
+      reader expects those files. A callback's `on_save` runs only after that write, and `save_only_model` or
+      `save_safetensors` do not narrow what is written, so only these three keep checkpoints to the trainable
+      weights. tests/test_train_resume.py pins their behaviour across transformers upgrades.
+    """
 
     def learning_rate_for(self, name: str) -> float:
         name = part_name(name)
