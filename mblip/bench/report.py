@@ -900,14 +900,6 @@ FINDINGS = """Why:
   and the padding included, and then slices; mBLIP asks only for the text positions + 1. With a 250k vocabulary
   (BLOOMZ) that is the largest activation of the step. At CPU sizes (16k) compare bloom's rows against the careful
   baseline with mt5's: an encoder-decoder LLM's decoder only ever sees the target, so mt5 has no such gap.
-- **Where the rest of the time goes.** In training, the LLM's forward and the backward dominate once the ViT builds
-  no graph; data loading is a few percent and the optimizer step under 1 %. In generation at batch 16 the ViT and the
-  LLM's encoder / prefill dominate at these CPU sizes (a 7-13M-parameter LLM); per-step decoding dominates at batch
-  1. With a 3.7-7B LLM decoding should dominate at every batch: not measured here (see the GPU section).
-- **Left alone (not changed by this work).** `modeling_mblip.py` calls `inspect.signature` of the LLM's forward twice
-  per decoder-only forward (`_llm_accepts`) and walks all ViT parameters per call (`_vision_needs_grad`); both are
-  microseconds next to a step and do not show in these numbers. mBLIP's training collator copies each decoded image
-  once more than the baseline's (`MBlipCollator.load`), also below the noise (the "data" column).
 """
 
 
