@@ -24,15 +24,8 @@ import gradio as gr  # noqa: E402
 from mblip.arguments import MBlipArgumentParser  # noqa: E402
 from mblip.images import ImageDecodeError, open_image  # noqa: E402
 from mblip.loading import DTYPE_HELP, DTYPES  # noqa: E402
-from mblip.predict import (  # noqa: E402
-    CAPTION_TEMPLATE,
-    DEFAULT_MODEL,
-    LANGUAGES,
-    QUESTION_TEMPLATE,
-    PredictError,
-    generate_texts,
-    load_model,
-)
+from mblip.predict import DEFAULT_MODEL, LANGUAGES, PredictError, generate_texts, load_model  # noqa: E402
+from mblip.prompts import CAPTION_TEMPLATE, QUESTION_TEMPLATE  # noqa: E402
 
 
 logger = logging.getLogger("app")

@@ -58,6 +58,7 @@ from mblip.loading import DTYPE_HELP, DTYPES, load_for_inference
 from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.outputs import ResumableJsonl, model_identity
 from mblip.processing_mblip import MBlipProcessor
+from mblip.prompts import CAPTION_TEMPLATE, DEFAULT_PROMPT
 from mblip.training_data import (
     ImageValueError,
     get_field,
@@ -71,9 +72,6 @@ from mblip.training_data import (
 logger = logging.getLogger("predict")
 
 DEFAULT_MODEL = "outputs/demo/mblip"
-CAPTION_TEMPLATE = "Caption the image in {language}."
-QUESTION_TEMPLATE = "Question: {question} Short answer in {language}:"  # the paper's VQA prompt (xGQA, MaXM)
-DEFAULT_PROMPT = CAPTION_TEMPLATE.format(language="English")
 
 # mBLIP's 95 training languages plus English, code -> the English name its prompts use (data/languages.py's table).
 LANGUAGES = {language.code: language.name for language in LANGUAGE_TABLE}

@@ -19,6 +19,7 @@ from mblip.arguments import ArgumentFileError, MBlipArgumentParser, parse_args
 from mblip.bench.__main__ import BenchArguments
 from mblip.convert import ConvertArguments
 from mblip.data import translate
+from mblip.data.filters import FilterConfig
 from mblip.demo.realign import DemoArguments
 from mblip.evaluation import run as evaluation
 from mblip.predict import PredictArguments
@@ -59,7 +60,7 @@ COMMANDS = [
             translate.DataArguments,
             translate.LanguageArguments,
             translate.TranslationArguments,
-            translate.FilterArguments,
+            FilterConfig,
         ),
         {"input": "en.jsonl", "output": "mix", "languages": "de,fr", "progress": False},
         "batch_size",

@@ -119,8 +119,8 @@ def test_benchmark_files_are_read_by_eval_unchanged(tmp_path):
 
 
 def test_training_prompts_are_the_evaluation_prompts():
-    from mblip.evaluation.prompts import render
     from mblip.evaluation.tasks import Example, get_task
+    from mblip.prompts import render
 
     task = get_task("xm3600")
     assert caption_prompt("pt") == render(task.prompt, Example("", [], {}, []), task.language_name("pt"))

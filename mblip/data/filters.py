@@ -21,7 +21,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .languages import (
     LANGID_MATCH,
@@ -38,16 +38,35 @@ LANGID_STATUSES = (LANGID_MATCH, LANGID_UNSUPPORTED, LANGID_SHORT)
 
 @dataclass(frozen=True)
 class FilterConfig:
-    max_length_ratio: float = 3.0  # translation characters per source character
-    length_slack: int = 20  # characters allowed on top of the ratio: short sources translate to longer words
-    short_length_slack: int = 8  # the same for short answers (VQA, class names), which must stay short
-    max_chars: int = 4000
-    drop_truncated: bool = True
-    copy_min_words: int = 3  # single words and names ("Frisbee", "2") may legitimately stay the same
-    repetition_max_ngram: int = 4
-    repetition_min_repeats: int = 4
-    check_language: bool = True
-    langid_min_chars: int = 20
+    """The filters' settings; also the filter options of `python -m mblip.data.translate` (same names as flags)."""
+
+    max_length_ratio: float = field(
+        default=3.0, metadata={"help": "Drop translations longer than ratio * source characters + slack."}
+    )
+    # Short sources translate to longer words.
+    length_slack: int = field(default=20, metadata={"help": "Characters allowed beyond the ratio."})
+    short_length_slack: int = field(default=8, metadata={"help": "The same for short answers (VQA, class names)."})
+    max_chars: int = field(default=4000, metadata={"help": "Drop translations longer than this."})
+    drop_truncated: bool = field(default=True, metadata={"help": "Drop translations that used up their token budget."})
+    # Single words and names ("Frisbee", "2") may legitimately stay the same.
+    copy_min_words: int = field(
+        default=3, metadata={"help": "Sources of this many words must not come back unchanged."}
+    )
+    repetition_max_ngram: int = field(default=4, metadata={"help": "Longest n-gram checked for loops."})
+    repetition_min_repeats: int = field(default=4, metadata={"help": "Consecutive repeats that make a loop."})
+    check_language: bool = field(
+        default=True, metadata={"help": "Drop translations py3langid puts in another language."}
+    )
+    langid_min_chars: int = field(default=20, metadata={"help": "Shorter texts are reported as unchecked."})
+
+    def __post_init__(self):
+        if self.max_length_ratio <= 0:
+            raise ValueError(f"--max_length_ratio must be > 0, got {self.max_length_ratio}.")
+        if self.repetition_max_ngram < 1 or self.repetition_min_repeats < 2:
+            raise ValueError(
+                f"--repetition_max_ngram must be >= 1 and --repetition_min_repeats >= 2, got "
+                f"{self.repetition_max_ngram} and {self.repetition_min_repeats}."
+            )
 
 
 def is_empty(output: str) -> bool:

@@ -26,6 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..prompts import CAPTION_TEMPLATE
 from .languages import ENGLISH, Language, get_language
 
 
@@ -77,7 +78,7 @@ class TaskSpec:
 
 
 _CAPTION_NAMED = (
-    "Caption the image in {language}.",
+    CAPTION_TEMPLATE,  # "Caption the image in {language}.": predict.py's and app.py's prompt
     "Short {language} image caption:",
     "Image caption (in {language}):",
     "Briefly describe the image in {language}.",

@@ -36,7 +36,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -305,38 +305,6 @@ class TranslationArguments:
         """The CTranslate2 default depends on the device: fixed before the run config records it."""
         if self.engine == "ctranslate2" and self.compute_type is None:
             self.compute_type = default_compute_type(device, self.bf16)
-
-
-@dataclass
-class FilterArguments:
-    max_length_ratio: float = field(
-        default=3.0, metadata={"help": "Drop translations longer than ratio * source characters + slack."}
-    )
-    length_slack: int = field(default=20, metadata={"help": "Characters allowed beyond the ratio."})
-    short_length_slack: int = field(default=8, metadata={"help": "The same for short answers (VQA, class names)."})
-    max_chars: int = field(default=4000, metadata={"help": "Drop translations longer than this."})
-    drop_truncated: bool = field(default=True, metadata={"help": "Drop translations that used up their token budget."})
-    copy_min_words: int = field(
-        default=3, metadata={"help": "Sources of this many words must not come back unchanged."}
-    )
-    repetition_max_ngram: int = field(default=4, metadata={"help": "Longest n-gram checked for loops."})
-    repetition_min_repeats: int = field(default=4, metadata={"help": "Consecutive repeats that make a loop."})
-    check_language: bool = field(
-        default=True, metadata={"help": "Drop translations py3langid puts in another language."}
-    )
-    langid_min_chars: int = field(default=20, metadata={"help": "Shorter texts are reported as unchecked."})
-
-    def __post_init__(self):
-        if self.max_length_ratio <= 0:
-            raise ValueError(f"--max_length_ratio must be > 0, got {self.max_length_ratio}.")
-        if self.repetition_max_ngram < 1 or self.repetition_min_repeats < 2:
-            raise ValueError(
-                f"--repetition_max_ngram must be >= 1 and --repetition_min_repeats >= 2, got "
-                f"{self.repetition_max_ngram} and {self.repetition_min_repeats}."
-            )
-
-    def config(self) -> FilterConfig:
-        return FilterConfig(**{f.name: getattr(self, f.name) for f in fields(FilterConfig)})
 
 
 # Options that do not change the output: they may differ between a run and its resumption (a smaller batch after an
@@ -751,6 +719,17 @@ class CTranslate2Translator(Translator):
     def generate_ids(self, input_ids: Sequence[Sequence[int]], token_id: int) -> list[tuple[list[int], bool]]:
         caps = self.budgets([len(ids) for ids in input_ids])
         prefix = [self.tokenizer.convert_ids_to_tokens(token_id)]
+        callback = None
+        if self.num_beams == 1:
+            # Greedy search stops each sentence at its own budget, and CTranslate2 takes a stopped sentence out of the
+            # batch, as it does one that reached EOS: the rest of the batch decodes without it (generate keeps
+            # computing it as padding). Step s is hypothesis token s + 1, the target-language token being step 0, so
+            # stopping at step cap - 2 keeps the cap - 1 tokens the transformers engine can keep before its forced EOS.
+            last_step = [cap - 2 for cap in caps]
+
+            def callback(step) -> bool:
+                return step.step >= last_step[step.batch_id]
+
         self.generate_calls += 1
         results = self.model.translate_batch(
             [self.tokenizer.convert_ids_to_tokens(list(ids)) for ids in input_ids],
@@ -762,6 +741,7 @@ class CTranslate2Translator(Translator):
             max_decoding_length=max(caps),  # counts the target-language token, as the budgets do
             max_input_length=0,  # sources were checked against --max_source_length already
             return_end_token=True,
+            callback=callback,
         )
         outputs = []
         for result, cap in zip(results, caps, strict=True):
@@ -1221,7 +1201,7 @@ def build_task_mix(
     data_args: DataArguments,
     language_args: LanguageArguments,
     translation_args: TranslationArguments,
-    filter_args: FilterArguments,
+    filter_config: FilterConfig,
     *,
     translator: Translator | None = None,
     source=None,
@@ -1265,7 +1245,7 @@ def build_task_mix(
             "input_fingerprint": input_fingerprint(source, data_args.input_split),
             "model_identity": model_identity(translation_args.model),
             "n_rows": n_rows,
-            "settings": _settings(data_args, language_args, translation_args, filter_args),
+            "settings": _settings(data_args, language_args, translation_args, filter_config),
         }
         _prepare_output(out, run_config, data_args)
     state.wait_for_everyone()
@@ -1281,7 +1261,6 @@ def build_task_mix(
     )
 
     # ---- translate ---------------------------------------------------------------------------------------------
-    filter_config = filter_args.config()
     store = TemplateStore(out / "templates", tasks, filter_config)
     show_progress = translation_args.progress and state.is_local_main_process
     get_translator = _LazyTranslator(translator, translation_args, state.device, show_progress)
@@ -1382,7 +1361,7 @@ def parse_args(argv: Sequence[str] | None = None):
     from mblip.arguments import parse_args as parse_arguments
 
     return parse_arguments(
-        (DataArguments, LanguageArguments, TranslationArguments, FilterArguments),
+        (DataArguments, LanguageArguments, TranslationArguments, FilterConfig),
         argv,
         prog="python -m mblip.data.translate",
         description="Translate English vision-and-language examples into mBLIP's multilingual task mix.",

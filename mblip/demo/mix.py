@@ -1,19 +1,19 @@
 """The demo's training data, in the column layout of mBLIP's data release (image_id, context, label, lang, task).
 
-Prompts are the evaluation's own templates (eval/tasks), so that what the models are trained on is what they are
-evaluated with: captioning "Caption in {language}: " with XM3600's spelling of the language names, and xGQA's
-"Question: {question} Short answer in English:". A share of the captions uses the prompt of predict.py and app.py
-("Caption the image in {language}."), so that those tools work on the demo's model as they are.
+Prompts are the evaluation's own templates (eval/tasks; all prompts come from mblip/prompts.py), so that what the
+models are trained on is what they are evaluated with: captioning "Caption in {language}: " with XM3600's spelling of
+the language names, and xGQA's "Question: {question} Short answer in English:". A share of the captions uses the
+prompt of predict.py and app.py ("Caption the image in {language}."), so that those tools work on the demo's model as
+they are.
 """
 
 from __future__ import annotations
 
 import random
 
-from mblip.evaluation.prompts import render
 from mblip.evaluation.tasks import Example, get_task
-from mblip.predict import CAPTION_TEMPLATE
 from mblip.predict import LANGUAGES as PREDICT_LANGUAGE_NAMES
+from mblip.prompts import CAPTION_TEMPLATE, render
 
 from .world import LANGUAGES, Scene, caption, image_name, questions, stable_rng
 

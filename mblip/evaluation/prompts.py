@@ -1,8 +1,10 @@
-"""Prompt templates: the paper's English prompts (on each task), optional translations, user overrides.
+"""Which prompt template `python -m eval` uses: the paper's English prompt (each task's, from mblip/prompts.py), its
+translation, or the user's override.
 
 A template is a `str.format` string. Placeholders: the example's fields ({question} for xGQA, MaXM and POPE,
 {hypothesis} for XVNLI, {statement} for MaRVL; none for captioning), {language} (the target language's English
-name, as in "Caption in {language}: ") and a bare {} for the example's one field.
+name, as in "Caption in {language}: ") and a bare {} for the example's one field; `render` (mblip/prompts.py) fills
+them in.
 
 `--prompt_language target` uses the translations below: the paper's prompt written in the language of the examples.
 They are this toolkit's translations, not the paper's (the paper prompts in English); answers stay in the
@@ -16,7 +18,9 @@ import json
 import string
 from pathlib import Path
 
-from .tasks import Example, Task
+from mblip.prompts import ENGLISH_ANSWER_TEMPLATE, EVAL_CAPTION_TEMPLATE, XVNLI_TEMPLATE
+
+from .tasks import Task
 
 
 _CAPTION = {
@@ -26,7 +30,7 @@ _CAPTION = {
     "da": "Billedtekst på dansk: ",
     "de": "Bildunterschrift auf Deutsch: ",
     "el": "Λεζάντα στα ελληνικά: ",
-    "en": "Caption in English: ",
+    "en": EVAL_CAPTION_TEMPLATE.format(language="English"),
     "es": "Descripción de la imagen en español: ",
     "fa": "توضیح تصویر به فارسی: ",
     "fi": "Kuvateksti suomeksi: ",
@@ -60,7 +64,7 @@ TRANSLATED_PROMPTS: dict[str, dict[str, str]] = {
     "xgqa": {
         "bn": "প্রশ্ন: {question} ইংরেজিতে সংক্ষিপ্ত উত্তর:",
         "de": "Frage: {question} Kurze Antwort auf Englisch:",
-        "en": "Question: {question} Short answer in English:",
+        "en": ENGLISH_ANSWER_TEMPLATE,
         "id": "Pertanyaan: {question} Jawaban singkat dalam bahasa Inggris:",
         "ko": "질문: {question} 영어로 짧은 답변:",
         "pt": "Pergunta: {question} Resposta curta em inglês:",
@@ -68,7 +72,7 @@ TRANSLATED_PROMPTS: dict[str, dict[str, str]] = {
         "zh": "问题：{question} 用英语简短回答：",
     },
     "maxm": {
-        "en": "Question: {question} Short answer in English:",
+        "en": ENGLISH_ANSWER_TEMPLATE,
         "fr": "Question : {question} Réponse courte en français :",
         "hi": "प्रश्न: {question} हिंदी में संक्षिप्त उत्तर:",
         "iw": "שאלה: {question} תשובה קצרה בעברית:",
@@ -78,7 +82,7 @@ TRANSLATED_PROMPTS: dict[str, dict[str, str]] = {
     },
     "xvnli": {
         "ar": 'هل من المؤكد أن "{hypothesis}" صحيح؟ نعم، لا، أم ربما؟ أجب باللغة الإنجليزية:',
-        "en": 'Is it guaranteed true that "{hypothesis}"? Yes, no, or maybe? Answer in English:',
+        "en": XVNLI_TEMPLATE,
         "es": '¿Es seguro que "{hypothesis}" es verdad? ¿Sí, no o tal vez? Responde en inglés:',
         "fr": "Est-il certain que « {hypothesis} » est vrai ? Oui, non ou peut-être ? Répondez en anglais :",
         "ru": "Верно ли наверняка, что «{hypothesis}»? Да, нет или возможно? Ответьте на английском:",
@@ -92,8 +96,8 @@ TRANSLATED_PROMPTS: dict[str, dict[str, str]] = {
     },
     "pope": {"en": "{question}"},
     # English-only benchmarks: the paper's prompt is already in the target language.
-    "coco": {"en": "Caption in English: "},
-    "vqav2": {"en": "Question: {question} Short answer in English:"},
+    "coco": {"en": EVAL_CAPTION_TEMPLATE.format(language="English")},
+    "vqav2": {"en": ENGLISH_ANSWER_TEMPLATE},
     "chair": {"en": "{instruction}"},
 }
 
@@ -157,8 +161,3 @@ def template_for(task: Task, lang: str, override=None, prompt_language: str = "e
             )
         return translations[lang]
     raise ValueError(f"--prompt_language must be one of {PROMPT_LANGUAGES}, got {prompt_language!r}")
-
-
-def render(template: str, example: Example, language_name: str) -> str:
-    positional = list(example.fields.values())[:1] if len(example.fields) == 1 else []
-    return template.format(*positional, language=language_name, **example.fields)

@@ -59,7 +59,7 @@ class Task:
     languages: tuple[str, ...] = ()
     splits: tuple[str, ...] = ("test",)
     default_splits: tuple[str, ...] = ("test",)
-    # The paper's English prompt; placeholders are the example's fields and {language} (the language's name).
+    # The paper's English prompt (from mblip/prompts.py); placeholders are the example's fields and {language}.
     prompt: str = ""
     # The example fields the prompt may use as placeholders.
     fields: tuple[str, ...] = ()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mblip.prompts import EVAL_CAPTION_TEMPLATE
+
 from .base import (
     Example,
     ImageFinder,
@@ -74,7 +76,7 @@ class COCOCaptions(Task):
     splits = ("test", "val")
     default_splits = ("test",)
     # The official COCO test configuration (configs/datamodule/mblip_mscoco.yaml) with language "English".
-    prompt = "Caption in {language}: "
+    prompt = EVAL_CAPTION_TEMPLATE
     language_names = {"en": "English"}
     generation = {"num_beams": 5, "max_new_tokens": 50, "min_new_tokens": 1, "length_penalty": 1.0}
     metrics = ("cider", "bleu4", "lang_fidelity")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mblip.prompts import MARVL_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_jsonl, require
 
 
@@ -30,8 +32,7 @@ class MaRVL(Task):
     title = "MaRVL"
     kind = "classification"
     languages = ("id", "sw", "ta", "tr", "zh")
-    # The official test configuration's template (it drops the datamodule's trailing "Answer in English:").
-    prompt = 'Based on the two images, is it correct to say "{statement}"? Yes or no?'
+    prompt = MARVL_TEMPLATE  # the official test configuration's template
     fields = ("statement",)
     generation = {"num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0}
     metrics = ("acc", "relaxed_acc")

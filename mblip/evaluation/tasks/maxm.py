@@ -8,6 +8,8 @@ Accuracy is exact match against any of the processed answers (stripped, lower-ca
 
 from __future__ import annotations
 
+from mblip.prompts import QUESTION_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_json, require
 
 
@@ -28,7 +30,7 @@ class MaXM(Task):
     kind = "vqa"
     languages = tuple(sorted(MAXM_LANGUAGE_NAMES))
     aliases = {"he": "iw"}
-    prompt = "Question: {question} Short answer in {language}:"
+    prompt = QUESTION_TEMPLATE
     fields = ("question",)
     language_names = MAXM_LANGUAGE_NAMES
     generation = {"num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0}

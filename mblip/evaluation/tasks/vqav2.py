@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mblip.prompts import ENGLISH_ANSWER_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_json
 
 
@@ -33,7 +35,7 @@ class VQAv2(Task):
     splits = ("val5000", "val")
     default_splits = ("val5000",)
     # The official VQAv2 test configuration (configs/datamodule/mblip_vqa2.yaml, mblip_eval_vqa_classification).
-    prompt = "Question: {question} Short answer in English:"
+    prompt = ENGLISH_ANSWER_TEMPLATE
     fields = ("question",)
     generation = {"num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0}
     metrics = ("vqa_acc",)

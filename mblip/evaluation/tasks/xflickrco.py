@@ -12,6 +12,8 @@ Images: Flickr30k images and COCO val2014 images; pass both folders: `--image_di
 
 from __future__ import annotations
 
+from mblip.prompts import EVAL_CAPTION_TEMPLATE
+
 from .base import (
     Example,
     ImageFinder,
@@ -46,7 +48,7 @@ class XFlickrCO(Task):
     # language (English: 2000 images, one reference).
     splits = ("test", "iglue")
     default_splits = ("test",)
-    prompt = "Caption in {language}: "
+    prompt = EVAL_CAPTION_TEMPLATE
     language_names = XFLICKRCO_LANGUAGE_NAMES
     generation = {"num_beams": 5, "max_new_tokens": 50, "min_new_tokens": 1, "length_penalty": 1.0}
     metrics = ("cider", "bleu4", "lang_fidelity")

@@ -11,6 +11,8 @@ Images: GQA's `images/<imageId>.jpg`. Questions are in the target language, answ
 
 from __future__ import annotations
 
+from mblip.prompts import ENGLISH_ANSWER_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_json, require
 
 
@@ -20,7 +22,7 @@ class XGQA(Task):
     kind = "vqa"
     languages = ("bn", "de", "en", "id", "ko", "pt", "ru", "zh")
     splits = ("test", "dev", "testdev")
-    prompt = "Question: {question} Short answer in English:"
+    prompt = ENGLISH_ANSWER_TEMPLATE
     fields = ("question",)
     generation = {"num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0}
     metrics = ("acc", "relaxed_acc")

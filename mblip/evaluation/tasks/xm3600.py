@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mblip.prompts import EVAL_CAPTION_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_jsonl
 
 
@@ -59,7 +61,7 @@ class XM3600(Task):
     title = "XM3600"
     kind = "captioning"
     languages = tuple(sorted(XM3600_LANGUAGE_NAMES))
-    prompt = "Caption in {language}: "
+    prompt = EVAL_CAPTION_TEMPLATE
     language_names = XM3600_LANGUAGE_NAMES
     generation = {"num_beams": 5, "max_new_tokens": 50, "min_new_tokens": 1, "length_penalty": 1.0}
     metrics = ("cider", "bleu4", "lang_fidelity")

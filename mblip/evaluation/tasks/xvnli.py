@@ -9,6 +9,8 @@ Images: Flickr30k `<Flikr30kID>.jpg`.
 
 from __future__ import annotations
 
+from mblip.prompts import XVNLI_TEMPLATE
+
 from .base import Example, ImageFinder, Problem, Task, TaskData, find_annotation_file, read_jsonl, require
 
 
@@ -20,7 +22,7 @@ class XVNLI(Task):
     title = "XVNLI"
     kind = "classification"
     languages = ("ar", "en", "es", "fr", "ru")
-    prompt = 'Is it guaranteed true that "{hypothesis}"? Yes, no, or maybe? Answer in English:'
+    prompt = XVNLI_TEMPLATE
     fields = ("hypothesis",)
     generation = {"num_beams": 5, "max_new_tokens": 10, "min_new_tokens": 1, "length_penalty": -1.0}
     metrics = ("acc", "relaxed_acc")
