@@ -10,7 +10,8 @@ A card's metadata follows three rules:
 - `base_model` holds Hub ids only. A local folder stands for the `base_model` of its own card (or its config's
   `_name_or_path` when that is a Hub id); with neither, the folder appears in the card's text only.
 - `model-index` comes from `EvalResult`s, so the evaluation's `model-index.yaml` is exactly what a card holds, and
-  `merge_eval_results` puts newer results into an existing card.
+  `merge_eval_results` puts newer results into an existing card; `update_card` does that to a local model folder's
+  README.md (rewritten atomically) or to a Hub repository's card (`python -m eval ... --update_card DIR_OR_ID`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, metadata_load, try_to_load_from_cache
+from huggingface_hub import (
+    EvalResult,
+    ModelCard,
+    ModelCardData,
+    constants,
+    metadata_load,
+    try_to_load_from_cache,
+)
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from mblip.outputs import atomic_open
+from mblip.prompts import ENGLISH_ANSWER_TEMPLATE, EVAL_CAPTION_TEMPLATE
 
 
 logger = logging.getLogger(__name__)
@@ -172,7 +183,7 @@ def usage(repo_id: str, remote_code: bool = True, chat_template: bool = True) ->
     """The card's Usage section: batched captioning in several languages, VQA with the paper's prompt, 8-bit and
     4-bit loading and (`chat_template`) chat messages through `pipeline("image-text-to-text")`."""
     trust = ", trust_remote_code=True" if remote_code else ""
-    captions = "Caption in {language}:"  # the paper's captioning prompt (mblip/evaluation: XM3600, xFlickrCO)
+    captions = EVAL_CAPTION_TEMPLATE.strip()  # the paper's captioning prompt (XM3600, xFlickrCO)
     lines = [
         "```python",
         "import torch",
@@ -197,7 +208,7 @@ def usage(repo_id: str, remote_code: bool = True, chat_template: bool = True) ->
         "",
         "# Visual question answering with the paper's prompt (xGQA): questions in any language, short English answers",
         'questions = ["What colour is the car?", "Wie viele Menschen sind auf dem Bild?"]',
-        'prompts = [f"Question: {question} Short answer in English:" for question in questions]',
+        f'prompts = [f"{ENGLISH_ANSWER_TEMPLATE}" for question in questions]',
         'inputs = processor(images=[image] * len(prompts), text=prompts, padding=True, return_tensors="pt")',
         "inputs = inputs.to(model.device)",
         "with torch.no_grad():",
@@ -274,6 +285,13 @@ BENCHMARK_DIRS = {
 # An HTML comment before a code block that tests/test_snippets.py must not run, with the reason it gives.
 SKIP_MARKER = "<!-- snippet: skip reason={} -->"
 RESULTS_START, RESULTS_END = "<!-- results: start -->", "<!-- results: end -->"
+# In the split of a result from train_mblip.py's validation by generation (mblip/validation.py), e.g. "test, first 200
+# per language, validation during training: final (step 5000)": a sample scored while training, not the benchmark.
+VALIDATION_MARK = "validation during training"
+
+
+def is_validation_result(result: EvalResult) -> bool:
+    return VALIDATION_MARK in (result.dataset_split or "")
 
 
 def _evaluated_tasks(eval_results: Sequence[EvalResult] | None) -> list[str]:
@@ -288,7 +306,10 @@ def _evaluated_tasks(eval_results: Sequence[EvalResult] | None) -> list[str]:
 def results_table(eval_results: Sequence[EvalResult] | None) -> str:
     """The card's per-language results: one row per language, one column per benchmark, split and metric."""
     if not eval_results:
-        return "No results yet: run the commands above and merge their results into this card (`mblip.cards.merge_eval_results`)."
+        return (
+            "No results yet: run the commands above with `--update_card` and this repository's folder or Hub id, and "
+            "their results go into this card (`mblip.cards.update_card`)."
+        )
     columns, rows, cells = [], [], {}
     for r in eval_results:
         title = (r.dataset_name or r.dataset_type).split(" (")[0]
@@ -305,6 +326,12 @@ def results_table(eval_results: Sequence[EvalResult] | None) -> str:
             "" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value) for value in values
         ]
         lines.append(f"| {language} | " + " | ".join(shown) + " |")
+    if any(is_validation_result(r) for r in eval_results):
+        lines += [
+            "",
+            f"Columns marked *{VALIDATION_MARK}* are train_mblip.py's validation by generation (see its section): "
+            "a sample scored while training, not the full benchmark.",
+        ]
     return "\n".join(lines)
 
 
@@ -340,9 +367,16 @@ def evaluation(
         for task in tasks
     ]
     data_dir, image_dir = BENCHMARK_DIRS["xm3600"]
+    benchmark = [r for r in eval_results or () if not is_validation_result(r)]
+    intro = (
+        "These commands reproduce every score of this card"
+        if benchmark
+        else "These commands score in full the benchmarks validated during training"
+        if eval_results
+        else "The paper's benchmarks"
+    )
     lines += [
-        ("These commands reproduce every score of this card" if eval_results else "The paper's benchmarks")
-        + " with the mBLIP toolkit's evaluation (`pip install -e .` in its repository, then run from its root; "
+        intro + " with the mBLIP toolkit's evaluation (`pip install -e .` in its repository, then run from its root; "
         "eval/README.md says where to get each benchmark's files). The paper's prompts and decoding settings are the "
         "defaults, and the language model is loaded in 8 bit as in the paper:",
         "",
@@ -497,3 +531,103 @@ def load_model_index(path: str | os.PathLike) -> tuple[str, list[EvalResult]]:
     if not block.get("model-index"):
         raise ValueError(f"{path} holds no model-index")
     return model_index_to_eval_results(block["model-index"])
+
+
+# ---------------------------------------------------------------------------------------------------- updating a card
+class CardUpdateError(ValueError):
+    """A card that `update_card` cannot read or write: a folder without README.md, a Hub repository out of reach."""
+
+
+HUB_NEEDS = "updating a Hub repository's card needs network and a token with write access (`hf auth login` or HF_TOKEN)"
+
+
+def _card_target(target: str | os.PathLike) -> tuple[str, Path | str]:
+    """("folder", its README.md) or ("hub", the repository id); CardUpdateError for anything else."""
+    path = Path(target)
+    if path.is_dir():
+        readme = path / "README.md"
+        if not readme.is_file():
+            raise CardUpdateError(
+                f"{path} has no README.md to merge evaluation results into: write the model's card first "
+                "(convert_mblip.py and train_mblip.py write one; mblip.cards.model_card builds one)"
+            )
+        return "folder", readme
+    if path.exists():
+        raise CardUpdateError(f"{path} is a file: pass the model folder that holds README.md, or a Hub id")
+    if not is_hub_id(str(target)):
+        raise CardUpdateError(f"{str(target)!r} is neither a local folder nor a Hub repository id (org/name)")
+    return "hub", str(target)
+
+
+def _hub_error(repo_id: str, doing: str, err: Exception | None = None) -> CardUpdateError:
+    found = [f"{type(err).__name__}: {str(err).rstrip('.')}"] if err is not None else []
+    if constants.HF_HUB_OFFLINE:
+        found.append("huggingface_hub is in offline mode (HF_HUB_OFFLINE=1)")
+    return CardUpdateError(
+        f"Cannot {doing} the model card of the Hub repository {repo_id!r} (no local folder of that name either): "
+        f"{'; '.join(found)}. Note: {HUB_NEEDS}."
+    )
+
+
+def _load_hub_card(repo_id: str, token: str | None) -> ModelCard:
+    try:
+        return ModelCard.load(repo_id, token=token)
+    except Exception as err:  # the Hub's HTTP errors, connection errors, offline mode, no README.md
+        raise _hub_error(repo_id, "load", err) from err
+
+
+def check_card_target(target: str | os.PathLike, token: str | None = None) -> None:
+    """Fails fast, before any work, when `update_card(target, ...)` could not succeed: a folder without a readable
+    README.md; a Hub repository in offline mode, or whose card cannot be downloaded (this needs network)."""
+    kind, where = _card_target(target)
+    if kind == "folder":
+        try:
+            ModelCard.load(where)
+        except (ValueError, yaml.YAMLError) as err:
+            raise CardUpdateError(f"{where} is no readable model card: {err}") from err
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise _hub_error(where, "update")
+    _load_hub_card(where, token)
+
+
+def update_card(
+    target: str | os.PathLike,
+    results: Sequence[EvalResult],
+    model_name: str | None = None,
+    *,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Merges `results` into the card of a model repository (`merge_eval_results`: its model-index and its results
+    table; a card without the table's markers gets a Results section at its end) and writes it back. `target` is a
+    local folder, whose README.md is rewritten atomically, or a Hub id, whose card is downloaded and pushed with
+    `ModelCard.load` / `push_to_hub` (network and a write token: `token`, else the stored login or HF_TOKEN).
+    Returns the README.md path or the commit's URL."""
+    kind, where = _card_target(target)
+    if kind == "folder":
+        try:
+            card = ModelCard.load(where)
+        except (ValueError, yaml.YAMLError) as err:
+            raise CardUpdateError(f"{where} is no readable model card: {err}") from err
+    else:
+        card = _load_hub_card(where, token)
+    results = list(results)
+    if not results:
+        logger.warning("No results to merge into the card of %s: left unchanged", target)
+        return str(where)
+    merge_eval_results(card, results, model_name)
+    if RESULTS_START not in card.text or RESULTS_END not in card.text:
+        table = results_table(card.data.eval_results)
+        card.text = f"{card.text.rstrip()}\n\n## Results\n\n{RESULTS_START}\n{table}\n{RESULTS_END}\n"
+    if kind == "folder":
+        with atomic_open(where) as handle:
+            handle.write(str(card))
+        logger.info("Merged %d evaluation results into %s", len(results), where)
+        return str(where)
+    try:
+        url = card.push_to_hub(where, token=token, commit_message=commit_message or "Update evaluation results")
+    except Exception as err:  # as above, and a missing or read-only token
+        raise _hub_error(where, "push", err) from err
+    logger.info("Merged %d evaluation results into the card of %s: %s", len(results), where, url)
+    return str(url)

@@ -132,13 +132,14 @@ def save_array(path: str | os.PathLike, array) -> None:
 
 def model_identity(name_or_path: str | os.PathLike) -> str:
     """What a model's outputs depend on, cheaply: for a folder, config.json's content plus every other file's name,
-    size and modification time (no weight is read); for a Hub id, the cached revision when there is one."""
+    size and modification time (no weight is read; not README.md, the card, which `python -m eval --update_card`
+    rewrites); for a Hub id, the cached revision when there is one."""
     path = Path(name_or_path)
     if path.is_dir():
         digest = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             relative = file.relative_to(path).as_posix()
-            if any(part.startswith(".") for part in Path(relative).parts):
+            if any(part.startswith(".") for part in Path(relative).parts) or relative == "README.md":
                 continue
             digest.update(relative.encode() + b"\0")
             if file.suffix == ".json" and file.stat().st_size < (1 << 20):

@@ -50,13 +50,21 @@ from mblip.processing_mblip import MBlipProcessor
 from mblip.training_data import (
     ImageValueError,
     describe,
+    file_stamp,
     get_field,
     image_key,
     image_sources,
+    is_embedded,
     iter_column_sources,
     prepare_data,
 )
-from mblip.validation import VALIDATION_DIR, GenerationValidation, GenerationValidationMixin, ValidationArguments
+from mblip.validation import (
+    VALIDATION_DIR,
+    GenerationValidation,
+    GenerationValidationMixin,
+    ValidationArguments,
+    card_validation,
+)
 
 
 logger = logging.getLogger("train_mblip")
@@ -212,8 +220,9 @@ class DataArguments(ValidationArguments):
     data_check_cache: str | None = field(
         default=None,
         metadata={
-            "help": "Folder caching the data check (one file per dataset fingerprint and columns), so a rerun on the "
-            "same data does not check its images again. Default: <datasets cache>/mblip_data_checks; none: off."
+            "help": "Folder caching the data check (per dataset fingerprint and columns: each image's verdict with "
+            "its file's size, mtime and ctime), so a rerun on the same data checks only the images whose files "
+            "changed. Default: <datasets cache>/mblip_data_checks; none: off."
         },
     )
     recheck_images: bool = field(default=False, metadata={"help": "Check the images again, ignoring a cached check."})
@@ -253,8 +262,9 @@ class DataArguments(ValidationArguments):
     image_features_cache: str | None = field(
         default=None,
         metadata={
-            "help": "Compute the frozen ViT's outputs once per image into this folder (safetensors shards; an "
-            "interrupted build resumes) and train on them: no step runs the ViT again. Needs a frozen ViT and "
+            "help": "Compute the frozen ViT's outputs once per image into this folder (safetensors shards keyed by "
+            "path, size and mtime, or by content for embedded images, so an image edited in place is encoded "
+            "again; an interrupted build resumes) and train on them: no step runs the ViT again. Needs a frozen ViT and "
             "no --augment. Disk: patches x width x dtype bytes per image (ViT-g at 224 px in bf16: 0.7 MB)."
         },
     )
@@ -520,8 +530,9 @@ class ImageFeaturesCache:
 
     With a frozen ViT and no augmentation, every epoch would compute the same ViT outputs again: for mBLIP mT0-XL the
     ViT-g forward is about half of a training step's model FLOPs (BENCHMARKS.md). Each shard holds up to `shard_size`
-    images, keyed by a hash of the image's path, and is written atomically, so an interrupted build keeps its finished
-    shards and resumes. `cache.json` records a fingerprint of the ViT weights and the image processor settings; a
+    images, keyed by a hash of the image file's path, size and mtime_ns (an image edited in place gets a new key, so
+    its features are computed again and the old ones are never served), or of the content hash of an embedded image;
+    shards are written atomically, so an interrupted build keeps its finished shards and resumes. `cache.json` records a fingerprint of the ViT weights and the image processor settings; a
     cache made by another ViT or other preprocessing is refused rather than silently used.
     """
 
@@ -544,8 +555,14 @@ class ImageFeaturesCache:
         self.shard_of = self._read_index()
 
     @staticmethod
-    def key(path: str) -> str:
-        return hashlib.sha1(os.path.normpath(path).encode("utf-8")).hexdigest()
+    def key(image: str) -> str:
+        """The shard key of an image (mblip/training_data.py's image_key): a path with its file's size and mtime_ns
+        now (one stat()), or an embedded image's content hash as it is."""
+        if is_embedded(image):
+            return hashlib.sha1(image.encode("utf-8")).hexdigest()
+        path = os.path.normpath(image)
+        size, mtime_ns, _ = file_stamp(path)  # not ctime: a chmod leaves the pixels, and the ViT is costly to rerun
+        return hashlib.sha1(f"{path}\0{size}\0{mtime_ns}".encode()).hexdigest()
 
     def _read_index(self) -> dict[str, str]:
         from safetensors import safe_open
@@ -562,19 +579,18 @@ class ImageFeaturesCache:
                 ) from err
         return index
 
-    def missing(self, paths) -> list[str]:
-        return sorted({p for p in paths if self.key(p) not in self.shard_of})
-
     def build(self, paths, encode, batch_size: int) -> dict:
-        """Encodes the images not cached yet with `encode(list of paths) -> (features, failed paths)`."""
-        todo = self.missing(paths)
+        """Encodes the images not cached yet (new, or changed since) with `encode(list of paths) -> (features, failed
+        paths)`."""
+        keys = {p: self.key(p) for p in paths}  # one stat() per image file
+        todo = sorted(p for p, key in keys.items() if key not in self.shard_of)
         failed = []
         number = len(list(self.folder.glob("shard-*.safetensors")))
         for start in range(0, len(todo), self.shard_size):
             chunk, tensors = todo[start : start + self.shard_size], {}
             for i in range(0, len(chunk), batch_size):
                 features, bad = encode(chunk[i : i + batch_size])
-                tensors.update((self.key(p), f) for p, f in features.items())
+                tensors.update((keys[p], f) for p, f in features.items())
                 failed += bad
             name = f"shard-{number:05d}.safetensors"
             with atomic_open(self.folder / name, "wb") as handle:
@@ -584,15 +600,17 @@ class ImageFeaturesCache:
             logger.info(
                 "Image features: %d of %d new images encoded", min(start + self.shard_size, len(todo)), len(todo)
             )
-        return {"encoded": len(todo) - len(failed), "cached_before": len(set(paths)) - len(todo), "failed": failed}
+        return {"encoded": len(todo) - len(failed), "cached_before": len(keys) - len(todo), "failed": failed}
 
     def load(self, paths: list[str]) -> list[torch.Tensor | None]:
-        """The features of each path (None for an image that failed to decode when the cache was built)."""
+        """The features of each image (None for one that failed to decode when the cache was built, or changed
+        since)."""
         from safetensors import safe_open
 
+        keys = [self.key(p) for p in paths]
         by_shard = {}
-        for i, path in enumerate(paths):
-            shard = self.shard_of.get(self.key(path))
+        for i, key in enumerate(keys):
+            shard = self.shard_of.get(key)
             if shard is not None:
                 by_shard.setdefault(shard, []).append(i)
         out = [None] * len(paths)
@@ -600,7 +618,7 @@ class ImageFeaturesCache:
             try:
                 with safe_open(self.folder / shard, framework="pt") as f:
                     for i in positions:
-                        out[i] = f.get_tensor(self.key(paths[i]))
+                        out[i] = f.get_tensor(keys[i])
             except Exception as err:
                 raise ValueError(
                     f"The image features cache shard {self.folder / shard} is corrupt ({type(err).__name__}: {err}); "
@@ -624,8 +642,9 @@ def build_image_features_cache(model, processor, datasets_to_cache, data_args, b
     cache = ImageFeaturesCache(
         data_args.image_features_cache, vision_fingerprint(vision_model, processor.image_processor)
     )
-    # Keyed by path, or by content for embedded images (mblip/training_data.py's image_key); an embedded image is
-    # remembered by its row and read again when encoded, so the column's bytes are never all in memory.
+    # Keyed by path (the cache adds the file's size and mtime), or by content for embedded images (mblip/
+    # training_data.py's image_key); an embedded image is remembered by its row and read again when encoded, so the
+    # column's bytes are never all in memory.
     sources = {}
     for number, dataset in enumerate(datasets_to_cache):
         for row, found in iter_column_sources(dataset, data_args.image_column, data_args.image_root):
@@ -753,7 +772,8 @@ class MBlipCollator:
             except ImageValueError:
                 loaded = [None]
             if any(f is None for f in loaded):
-                self.failures += 1  # the image failed to decode when the cache was built; logged then
+                # The image failed to decode when the cache was built (logged then), or changed since.
+                self.failures += 1
                 failed.append(row.get("_row", -1))
                 continue
             embeds.append(torch.stack(loaded) if isinstance(value, (list, tuple)) else loaded[0])
@@ -1027,8 +1047,12 @@ def trained_state(model) -> dict[str, torch.Tensor]:
     return {name: param.detach().cpu() for name, param in model.named_parameters() if param.requires_grad}
 
 
-def training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets):
-    """The output's model card (a huggingface_hub ModelCard, from mblip/cards.py)."""
+def training_card(
+    model_args, data_args, training_args, source, report, metrics, languages, lora_targets, validation=None
+):
+    """The output's model card (a huggingface_hub ModelCard, from mblip/cards.py); `validation`: the validation
+    scores' `EvalResult`s and section text (mblip/validation.py: card_validation), or None."""
+    eval_results, validation_text = validation or (None, None)
     bases = (
         [model_args.model_name_or_path]
         if model_args.model_name_or_path
@@ -1072,6 +1096,7 @@ def training_card(model_args, data_args, training_args, source, report, metrics,
         languages=languages,
         datasets=[data_args.dataset_name] if data_args.dataset_name else None,
         repo_id=training_args.hub_model_id or "org/mblip-model",
+        eval_results=eval_results,
         sections={
             "Training data": (
                 f"`{data}`: {report['train']['rows']} rows, of which {report['train']['bad_rows']} were skipped as "
@@ -1080,14 +1105,18 @@ def training_card(model_args, data_args, training_args, source, report, metrics,
                 "No image was ever replaced by a placeholder."
             ),
             "Final losses": losses or "- (no losses logged)",
+            **({"Validation during training": validation_text} if validation_text else {}),
             "LoRA target modules": ", ".join(lora_targets) if lora_targets else "(no LoRA)",
             "Training arguments": "```json\n" + json.dumps(arguments, indent=2, default=str) + "\n```",
         },
     )
 
 
-def export(trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern) -> Path:
-    """Writes output_dir as a complete model repository: LoRA merged into an un-quantized copy of the LLM."""
+def export(
+    trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern, validation=None
+) -> Path:
+    """Writes output_dir as a complete model repository: LoRA merged into an un-quantized copy of the LLM; its card
+    holds `validation` (card_validation's scores and text) when given."""
     output_dir = Path(training_args.output_dir)
     state = trained_state(trainer.accelerator.unwrap_model(trainer.model))
     if not trainer.args.should_save:
@@ -1108,7 +1137,9 @@ def export(trainer, model_args, data_args, training_args, source, report, metric
         result = final.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
         assert not result.unexpected_keys, result.unexpected_keys
     processor = MBlipProcessor.from_pretrained(source)
-    card = training_card(model_args, data_args, training_args, source, report, metrics, languages, lora_targets)
+    card = training_card(
+        model_args, data_args, training_args, source, report, metrics, languages, lora_targets, validation
+    )
     staging = output_dir / ".model-incomplete"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -1264,8 +1295,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
         if trainer.state.log_history and "train_loss" in trainer.state.log_history[-1]:
             trainer.state.log_history[-1]["train_loss"] = result_metrics["train_loss"]
     metrics = {k: v for k, v in result_metrics.items() if "loss" in k}
+    final_evaluation = {}
     if eval_dataset is not None or trainer.validation is not None:
-        metrics.update({k: v for k, v in trainer.evaluate().items() if "loss" in k})
+        final_evaluation = trainer.evaluate()
+        metrics.update({k: v for k, v in final_evaluation.items() if "loss" in k})
     trainer.log_metrics("train", result_metrics)
     trainer.save_metrics("all", {**result_metrics, **metrics})
     trainer.save_state()
@@ -1275,8 +1308,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
         logger.warning("%d rows were skipped because their image failed to decode", report["decode_failures"])
 
     # ---- output
+    # The validation scores (final and best evaluations) go into the card's results table and model-index.
+    validation = card_validation(trainer, final_evaluation)
     output_dir = export(
-        trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern
+        trainer, model_args, data_args, training_args, source, report, metrics, languages, target_pattern, validation
     )
     if is_main:
         mark_finished(output_dir, {"global_step": trainer.state.global_step})

@@ -13,15 +13,19 @@
   point into nested fields with dots: webdataset's `json.context`, say (a top-level column of that exact name wins).
 - **The data check.** `check_split` checks each distinct image once (paths by their normalised path, embedded images
   by a hash of their bytes), in parallel processes, and caches the result under `--data_check_cache` keyed by the
-  dataset's fingerprint, so a rerun on the same data does not check again. A streaming run checks lazily as rows
-  arrive (`CheckedStream`), each distinct image once per process. Both count every skipped row by reason, keep a few
-  examples naming the row, the column and what was found, and fail past `--max_bad_rows`; nothing is substituted.
+  dataset's fingerprint. The cache keeps each image's verdict with its file's stamp (size, mtime_ns, ctime_ns, taken
+  before the check): a rerun on the same data stats every image file and checks again only those whose stamp changed
+  (a restored missing image, an image edited or truncated in place); an embedded image's verdict is keyed by its
+  content. A streaming run checks lazily as rows arrive (`CheckedStream`), each distinct image once per process. Both
+  count every skipped row by reason, keep a few examples naming the row, the column and what was found, and fail past
+  `--max_bad_rows`; nothing is substituted.
 - **Streaming and resume.** `CheckedStream` records the stream's state (`IterableDataset.state_dict()`) and the
   running counts at every global batch boundary; `StreamState` writes the one matching each checkpoint into its
   `trainer_state.json`, and a resumed run starts the stream there instead of reading past the trained rows.
 
-A cached check trusts that the image files behind a path column did not change; `--data_check_cache none` turns the
-cache off. An image that passes the check and still fails to decode in training is counted by the collator.
+A cached check trusts a file whose size and times did not change (a rewrite that restores all three is not seen;
+`--recheck_images` checks everything again, `--data_check_cache none` turns the cache off). An image that passes the
+check and still fails to decode in training is counted by the collator.
 """
 
 from __future__ import annotations
@@ -39,18 +43,19 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from mblip.data.storage import atomic_write_json
+from mblip.data.storage import atomic_open, atomic_write_json
 from mblip.images import ImageDecodeError, check_image
 
 
 logger = logging.getLogger("train_mblip")
 
-CHECK_VERSION = 1  # bump when what the check decides changes, so that older cached checks are not reused
+CHECK_VERSION = 2  # bump when what the check decides changes, so that older cached checks are not reused
 EXAMPLES = 5  # examples of skipped rows kept in the report
 PARALLEL_FROM = 2000  # rows (images) below which processes cost more than they save
 STREAM_MIN_ROWS = 1000  # a stream is judged against --max_bad_rows mid-run only after this many rows (and at its end)
@@ -307,6 +312,19 @@ def is_embedded(key: str) -> bool:
     return key.startswith(("sha1:", "pil-sha1:"))
 
 
+NO_STAMP = (-1, -1, -1)  # the stamp of a file that cannot be stat'ed (missing), and of an embedded image
+
+
+def file_stamp(path) -> tuple[int, int, int]:
+    """(size, mtime_ns, ctime_ns) of an image file, NO_STAMP if it cannot be stat'ed: what a cached verdict about the
+    file holds for. ctime also moves with chmod/chown (a permission fix) and with copies that restore the mtime."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return NO_STAMP
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
 def check_source(source) -> str:
     """'' for an image that passes `check_image`, else the reason."""
     try:
@@ -405,7 +423,8 @@ def _scan_batch(batch: dict, indices: list[int], data_args) -> dict:
 
 
 def _check_batch(batch: dict, indices: list[int], data_args, assigned: dict) -> dict:
-    """Checks the images assigned to these rows (each distinct image is assigned to its first row only)."""
+    """Checks the images assigned to these rows (each distinct image is assigned to its first row only): per image
+    [key, verdict, what was found, stamp], the stamp of a path taken before its check."""
     names = list(batch)
     results = []
     for i, index in enumerate(indices):
@@ -416,13 +435,19 @@ def _check_batch(batch: dict, indices: list[int], data_args, assigned: dict) -> 
             key = image_key(source)
             if key in todo:
                 todo.discard(key)
-                found.append([key, check_source(source), describe(source)])
+                stamp = NO_STAMP if is_embedded(key) else file_stamp(source)
+                found.append([key, check_source(source), describe(source), stamp])
         results.append(json.dumps(found))
     return {"_checked": results}
 
 
-def _check_paths(paths: list[str]) -> list[str]:
-    return [check_source(p) for p in paths]
+def _check_path(path: str) -> tuple[str, tuple[int, int, int]]:
+    stamp = file_stamp(path)  # first: a file that changes during its check is checked again by the next run
+    return check_source(path), stamp
+
+
+def _check_paths(paths: list[str]) -> list[tuple]:
+    return [_check_path(p) for p in paths]
 
 
 def check_cache_path(dataset, data_args, split: str) -> Path | None:
@@ -443,6 +468,41 @@ def check_cache_path(dataset, data_args, split: str) -> Path | None:
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     return folder / f"{split}-{digest}.json"
+
+
+STAMP_COLUMNS = ("size", "mtime_ns", "ctime_ns")
+
+
+def _read_check_cache(cache: Path) -> tuple[dict, pa.Table] | None:
+    """(the cached outcome, its per-image table: key, verdict, found and the stamp columns), or None without one."""
+    if not cache.is_file():
+        return None
+    images_path = cache.with_suffix(".images.parquet")
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        images = pq.read_table(images_path)
+        if images.num_rows != saved["images"]:
+            raise ValueError(f"{images.num_rows} images where the check counted {saved['images']}")
+    except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+        logger.warning("Ignoring the cached data check %s (%s: %s): checking again", cache, type(err).__name__, err)
+        return None
+    return saved, images
+
+
+def _write_check_cache(cache: Path, outcome: dict, images: pa.Table):
+    with atomic_open(cache.with_suffix(".images.parquet"), "wb") as handle:
+        pq.write_table(images, handle)
+    atomic_write_json(cache, {**outcome, "images": images.num_rows})
+
+
+def _stamps_now(images: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(each cached image's stamp now, whether it differs from the cached one): one stat() per image file (15-20 us
+    each on a local disk: 0.3 s for 20k files); an embedded image, keyed by its content, keeps NO_STAMP."""
+    keys = images.column("key").to_pylist()
+    cached = np.stack([images.column(c).to_numpy() for c in STAMP_COLUMNS], axis=1).reshape(-1, len(STAMP_COLUMNS))
+    now = np.array([NO_STAMP if is_embedded(k) else file_stamp(k) for k in keys], dtype=np.int64)
+    now = now.reshape(-1, len(STAMP_COLUMNS))
+    return now, (now != cached).any(axis=1)
 
 
 def num_workers(data_args) -> int:
@@ -472,15 +532,38 @@ def check_split(
             "without prompts)."
         )
     cache = check_cache_path(dataset, data_args, split)
-    if cache is not None and cache.is_file() and not getattr(data_args, "recheck_images", False):
-        saved = json.loads(cache.read_text(encoding="utf-8"))
-        logger.info("Data check of the %s rows: reusing %s (%d distinct images)", split, cache, saved["images"])
-        bad_rows, reasons, found = saved["bad_rows"], saved["reasons"], saved["found"]
+    saved = None
+    if cache is not None and not getattr(data_args, "recheck_images", False):
+        saved = _read_check_cache(cache)
+    known = {}
+    if saved is not None:
+        outcome, images = saved
+        now, changed = _stamps_now(images)
+        if changed.any():
+            # The rows are the same (same fingerprint) but some files are not: only those are checked again.
+            logger.info(
+                "Data check of the %s rows: %d of %d images changed since %s, e.g. %s; checking them again",
+                split,
+                int(changed.sum()),
+                images.num_rows,
+                cache,
+                images.column("key")[int(np.argmax(changed))].as_py(),
+            )
+            columns = [images.column(c).to_pylist() for c in ("key", "verdict", "found")]
+            known = {
+                key: (verdict, what, tuple(stamp))
+                for key, verdict, what, stamp, moved in zip(*columns, now.tolist(), changed)
+                if not moved
+            }
+            saved = None
+        else:
+            logger.info("Data check of the %s rows: reusing %s (%d distinct images)", split, cache, images.num_rows)
+    if saved is not None:
+        bad_rows, reasons, found = outcome["bad_rows"], outcome["reasons"], outcome["found"]
     else:
-        bad_rows, reasons, found, images = _check_uncached(dataset, data_args, split)
+        bad_rows, reasons, found, images = _check_uncached(dataset, data_args, split, known)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(cache, {"images": images, "bad_rows": bad_rows, "reasons": reasons, "found": found})
+            _write_check_cache(cache, {"bad_rows": bad_rows, "reasons": reasons, "found": found}, images)
     tally = Tally()
     tally.seen(len(dataset) + len(line_problems))
     for problem in line_problems:
@@ -521,8 +604,10 @@ def check_split(
     return dataset.select(np.flatnonzero(keep)), report
 
 
-def _check_uncached(dataset, data_args, split: str):
-    """(bad row indices, their reasons, what was found, number of distinct images)."""
+def _check_uncached(dataset, data_args, split: str, known: dict | None = None):
+    """(bad row indices, their reasons, what was found, the per-image table for the cache). `known` maps the images
+    whose cached verdict still holds to (verdict, what was found, stamp); only the other images are checked."""
+    known = known or {}
     tops = sorted(
         {resolve_column(dataset.column_names, getattr(data_args, f), split) for f in ("image_column", "target_column")}
     )
@@ -553,31 +638,34 @@ def _check_uncached(dataset, data_args, split: str):
         else pa.table({"key": pa.array([], pa.string()), "row_min": pa.array([], pa.int64())})
     )
     distinct = first.column("key").to_pylist()
+    todo = [k for k in distinct if k not in known]
     logger.info(
-        "Data check of the %s rows: %d rows, %d distinct images, %d processes",
+        "Data check of the %s rows: %d rows, %d distinct images, %d to check, %d processes",
         split,
         len(dataset),
         len(distinct),
+        len(todo),
         workers,
     )
-    verdicts = {}
-    if distinct and not embedded:
-        chunk = max(1, min(1000, len(distinct) // (workers * 4) or 1))
-        chunks = [distinct[i : i + chunk] for i in range(0, len(distinct), chunk)]
-        if workers > 1 and len(distinct) >= PARALLEL_FROM:
+    checked = {}  # key -> (verdict, what was found, stamp)
+    if todo and not embedded:
+        chunk = max(1, min(1000, len(todo) // (workers * 4) or 1))
+        chunks = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        if workers > 1 and len(todo) >= PARALLEL_FROM:
             from concurrent.futures import ProcessPoolExecutor
 
             with ProcessPoolExecutor(workers) as pool:
                 results = [r for part in pool.map(_check_paths, chunks) for r in part]
         else:
             results = [r for part in map(_check_paths, chunks) for r in part]
-        verdicts = {k: (r, repr(k)) for k, r in zip(distinct, results) if r}
-    elif distinct:
+        checked = {k: (r, repr(k) if r else "", stamp) for k, (r, stamp) in zip(todo, results)}
+    elif todo:
         assigned = {}
         for key, row in zip(distinct, first.column("row_min").to_pylist()):
-            assigned.setdefault(row, []).append(key)
+            if key not in known:
+                assigned.setdefault(row, []).append(key)
         rows = sorted(assigned)
-        checked = slim.select(rows).map(
+        results = slim.select(rows).map(
             lambda batch, idx: _check_batch(batch, [rows[i] for i in idx], data_args, assigned),
             batched=True,
             with_indices=True,
@@ -585,10 +673,20 @@ def _check_uncached(dataset, data_args, split: str):
             num_proc=workers if len(rows) >= PARALLEL_FROM else None,
             desc=f"Checking the {split} images",
         )
-        for entry in checked["_checked"]:
-            for key, verdict, what in json.loads(entry):
-                if verdict:
-                    verdicts[key] = (verdict, what)
+        for entry in results["_checked"]:
+            for key, verdict, what, stamp in json.loads(entry):
+                checked[key] = (verdict, what if verdict else "", tuple(stamp))
+    entries = [checked[k] if k in checked else known[k] for k in distinct]
+    stamps = np.array([e[2] for e in entries], dtype=np.int64).reshape(-1, len(STAMP_COLUMNS))
+    images = pa.table(
+        {
+            "key": pa.array(distinct, pa.string()),
+            "verdict": pa.array([e[0] for e in entries], pa.string()),
+            "found": pa.array([e[1] for e in entries], pa.string()),
+            **{name: stamps[:, i] for i, name in enumerate(STAMP_COLUMNS)},
+        }
+    )
+    verdicts = {k: (e[0], e[1]) for k, e in zip(distinct, entries) if e[0]}
     bad_rows, reasons, whats = [], [], []
     bad_image_rows = {}
     if verdicts:
@@ -609,7 +707,7 @@ def _check_uncached(dataset, data_args, split: str):
             bad_rows.append(row)
             reasons.append(problem)
             whats.append(found[row])
-    return bad_rows, reasons, whats, len(distinct)
+    return bad_rows, reasons, whats, images
 
 
 def _has_embedded_images(dataset, data_args) -> bool:

@@ -20,6 +20,12 @@ Trainer adds the `eval_` prefix itself). Without a `--validation_file`, generati
 With several processes, the examples are split between them, the predictions gathered, and the main process scores
 them and shares the scores, so every process returns the same metrics. Each evaluation writes its predictions and
 scores under `<output_dir>/validation/step-<N>/`.
+
+The model card written at the end of training holds the final evaluation's per-language scores and, with
+`--metric_for_best_model`, those of the best evaluation, in its results table and `model-index` (`EvalResult`s like
+`python -m eval`'s), each marked as validation during training in its split: "test, first 200 per language,
+validation during training: final (step 5000)". A later `python -m eval` run merged into the card adds the full
+benchmark's rows next to them.
 """
 
 import json
@@ -31,12 +37,14 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
+from huggingface_hub import EvalResult
 from transformers.trainer_utils import speed_metrics
 
-from mblip.evaluation.prompts import render
+from mblip.cards import VALIDATION_MARK
 from mblip.evaluation.run import EvalArguments, generation_kwargs, read_units
 from mblip.evaluation.tasks import get_task
 from mblip.images import ImageDecodeError, open_image
+from mblip.prompts import render
 
 
 logger = logging.getLogger("train_mblip")
@@ -147,6 +155,7 @@ class GenerationValidation:
     def __init__(self, args: ValidationArguments, processor, batch_size: int):
         self.processor = processor
         self.batch_size = batch_size
+        self.max_per_language = args.validation_max_per_language
         self.units = []  # (task, unit, generation settings)
         for eval_args in args.eval_arguments(batch_size):
             task = get_task(eval_args.task)
@@ -236,6 +245,54 @@ class GenerationValidation:
             scores[f"{task_name}_avg_{metric}"] = sum(values) / len(values)
         return scores
 
+    def eval_results(self, scores: dict[str, float], evaluation: str, prefix: str = "eval_") -> list[EvalResult]:
+        """The model card's results (`EvalResult`s, as `python -m eval` writes them) of one evaluation's `scores`
+        (`evaluate()`'s metrics, or a `log_history` entry), one per task, language and metric; the split says they
+        come from validation during training, on how many examples, and which evaluation (`evaluation`)."""
+        from mblip.evaluation.report import METRIC_NAMES
+
+        found = []
+        for task, unit, _ in self.units:
+            sample = f", first {self.max_per_language} per language" if self.max_per_language else ""
+            split = f"{unit.split}{sample}, {VALIDATION_MARK}: {evaluation}"
+            for metric in task.metrics:
+                value = scores.get(f"{prefix}{task.name}_{unit.lang}_{metric}")
+                if value is None or value != value:  # not scored, or NaN
+                    continue
+                found.append(
+                    EvalResult(
+                        task_type=task.hf_task_type,
+                        task_name=task.hf_task_name,
+                        dataset_type=task.dataset_type,
+                        dataset_name=f"{task.title} ({unit.lang}, {split})",
+                        dataset_config=unit.lang,
+                        dataset_split=split,
+                        metric_type=metric,
+                        metric_value=round(float(value), 2),
+                        metric_name=METRIC_NAMES.get(metric, metric),
+                    )
+                )
+        return found
+
+    def describe(self) -> str:
+        """What was validated on, for the model card: tasks, splits, languages, examples and decoding."""
+        tasks = {}
+        for task, unit, settings in self.units:
+            entry = tasks.setdefault(task.name, {"task": task, "split": unit.split, "langs": [], "n": 0})
+            entry["langs"].append(unit.lang)
+            entry["n"] += len(unit.examples)
+            entry["settings"] = settings
+        lines = []
+        for entry in tasks.values():
+            decoding = ", ".join(f"{k}={v}" for k, v in entry["settings"].items())
+            lines.append(
+                f"- {entry['task'].title} ({entry['task'].name}), split {entry['split']}, languages "
+                f"{', '.join(entry['langs'])}: {entry['n']} examples"
+                + (f" (the first {self.max_per_language} of each language)" if self.max_per_language else "")
+                + f"; decoding {decoding}"
+            )
+        return "\n".join(lines)
+
     def run(self, model, output_dir: str | None, step: int) -> dict[str, float]:
         """Generates on every process, scores on the main one; every process returns the same scores."""
         was_training = model.training
@@ -306,3 +363,69 @@ class GenerationValidationMixin:
         if self._validation_scores:
             output.metrics.update(self._validation_scores)
         return output
+
+
+# ---------------------------------------------------------------------------------------------------- model card
+def best_evaluation(state, args) -> dict | None:
+    """The `log_history` entry of the best evaluation by `metric_for_best_model` (the first one logged at the
+    Trainer's best step: the evaluation during training, not a later `evaluate()` at the same step); None without
+    `metric_for_best_model` or an evaluation."""
+    if not args.metric_for_best_model or state.best_metric is None:
+        return None
+    name = args.metric_for_best_model
+    key = name if name.startswith("eval_") else f"eval_{name}"
+    entries = [entry for entry in state.log_history if key in entry]
+    if state.best_global_step is not None:
+        entries = [entry for entry in entries if entry.get("step") == state.best_global_step]
+    else:  # no checkpoints saved: the Trainer records the value only
+        entries = [entry for entry in entries if entry[key] == state.best_metric]
+    return entries[0] if entries else None
+
+
+def card_validation(trainer, final: dict[str, float]) -> tuple[list, str] | None:
+    """The validation scores for the model card written at the end of training: `EvalResult`s of the final
+    evaluation (`final`, the metrics of `trainer.evaluate()` on the exported weights) and, with
+    `--metric_for_best_model`, of the best evaluation, and the text of the card's "Validation during training"
+    section. None without `--validation_tasks`."""
+    validation = getattr(trainer, "validation", None)
+    if validation is None:
+        return None
+    args, state = trainer.args, trainer.state
+    step = state.global_step
+    evaluations = [("final", f"final (step {step})", final, step)]
+    best = best_evaluation(state, args)
+    metric = args.metric_for_best_model
+    if best is not None:
+        evaluations.append(("best", f"best {metric} (step {best['step']})", best, best["step"]))
+    results = [r for _, label, scores, _ in evaluations for r in validation.eval_results(scores, label)]
+    if not results:
+        return None
+    loaded = " (the best checkpoint's weights: --load_best_model_at_end)" if args.load_best_model_at_end else ""
+    lines = [
+        "Scores of train_mblip.py's validation by generation (`--validation_tasks`), computed while training with "
+        "`python -m eval`'s readers, prompts and metrics, on:",
+        "",
+        validation.describe(),
+        "",
+        f"- **final**: the exported weights{loaded}, evaluated after training, at step {step}.",
+    ]
+    if best is not None:
+        better = "higher" if args.greater_is_better else "lower"
+        lines.append(
+            f"- **best**: the evaluation at step {best['step']}, the best by `{metric}` ({better} is better): "
+            f"{state.best_metric:.4g}."
+        )
+    averages = sorted({k.removeprefix("eval_") for _, _, scores, _ in evaluations for k in scores if "_avg_" in k})
+    if averages:
+        lines += ["", "| evaluation | step | " + " | ".join(averages) + " |", "|---" * (len(averages) + 2) + "|"]
+        for name, _, scores, at in evaluations:
+            cells = [scores.get(f"eval_{k}") for k in averages]
+            shown = ["" if v is None else f"{v:.2f}" for v in cells]
+            lines.append(f"| {name} | {at} | " + " | ".join(shown) + " |")
+    lines += [
+        "",
+        "The per-language scores are in the Results table and the `model-index`, their split marked "
+        f'"{VALIDATION_MARK}". They score a sample while training, not the benchmark: the Evaluation section\'s '
+        "commands score the full benchmark. Every evaluation's scores are in `trainer_state.json` (`log_history`).",
+    ]
+    return results, "\n".join(lines)

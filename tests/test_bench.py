@@ -83,7 +83,7 @@ def test_training_result_structure_and_equal_settings(cli_results):
     _, results = cli_results
     entry = results["training"]["families"]["bloom"]
     cfg = entry["configs"]["int8+gc"]
-    assert set(cfg["sides"]) == {"mblip", "blip2", "blip2_nonreentrant", "mblip_cached"}
+    assert set(cfg["sides"]) == {"mblip", "blip2", "blip2_nonreentrant", "mblip_cached", "mblip_defaults"}
     for name, side in cfg["sides"].items():
         assert side["samples_per_s"]["n"] == 1 and side["samples_per_s"]["median"] > 0
         timed = {"step", "data", "forward_vit", "forward_qformer", "forward_llm", "backward"}
@@ -99,9 +99,11 @@ def test_training_result_structure_and_equal_settings(cli_results):
         assert cfg["sides"][name]["speedup_of_mblip"]["n"] == 1
     cached = cfg["sides"]["mblip_cached"]
     assert cached["first_loss_difference"] < 1e-4  # trains the same steps as from pixels
-    assert set(cached["speedup_vs"]) == {"mblip", "blip2", "blip2_nonreentrant"}
+    assert set(cached["speedup_vs"]) == {"mblip", "blip2", "blip2_nonreentrant", "mblip_defaults"}
     ab = cfg["step_ab"]
-    assert set(ab["seconds"]) == set(cfg["sides"]) - {"mblip_cached"} and set(ab["speedup_of_mblip"]) == {
+    assert set(ab["seconds"]) == set(cfg["sides"]) - {"mblip_cached", "mblip_defaults"} and set(
+        ab["speedup_of_mblip"]
+    ) == {
         "blip2",
         "blip2_nonreentrant",
     }
@@ -115,6 +117,32 @@ def test_training_result_structure_and_equal_settings(cli_results):
     )
 
 
+def test_training_sides_record_their_settings(cli_results):
+    """The like-for-like mBLIP run trains with the baseline's settings; the defaults run with the official recipe,
+    read back from train_mblip.py's own Trainer (so a change of its defaults shows in BENCHMARKS.md)."""
+    _, results = cli_results
+    sides = results["training"]["families"]["bloom"]["configs"]["int8+gc"]["sides"]
+    like, baseline, recipe = sides["mblip"]["settings"], sides["blip2"]["settings"], sides["mblip_defaults"]["settings"]
+    assert like == baseline
+    assert like["gradient_checkpointing"] and not like["augment"] and like["weight_decay"] == 0.0
+    assert like["max_length"] is None and like["lr_scheduler_type"] == "linear" and like["warmup_steps"] == 0
+    assert recipe == {
+        "quantization": "int8",
+        "bf16": False,  # the recipe's precision on CPU
+        "gradient_checkpointing": True,
+        "augment": True,
+        "max_length": 128,
+        "weight_decay": 0.1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 1000,
+        "learning_rates": {"projection": 1e-5, "qformer": 1e-5, "lora": 2e-4},
+        "gradient_accumulation_steps": 1,  # the bench's one choice: the probe times optimizer steps
+    }
+    # Crops and flips change the images, so the defaults run's first loss is not compared; every other ratio is.
+    assert "first_loss_difference" not in sides["mblip_defaults"]
+    assert set(sides["mblip_defaults"]["speedup_vs"]) == set(sides) - {"mblip_defaults"}
+
+
 def test_report_renders_every_section(cli_results, tmp_path):
     root, _ = cli_results
     text = (root / "BENCHMARKS.md").read_text()
@@ -126,6 +154,7 @@ def test_report_renders_every_section(cli_results, tmp_path):
         "Training: `train_mblip.py`",
         "model only",
         "Training from cached ViT outputs",
+        "What the official recipe costs",
         "Where a training step's time goes",
         "Model FLOPs",
         "Method",
@@ -133,6 +162,15 @@ def test_report_renders_every_section(cli_results, tmp_path):
     ):
         assert heading in text, heading
     assert "python -m mblip.bench --device cuda --full_size" in text
+    # Each training row names what it trained with.
+    assert (
+        "| mBLIP train_mblip.py defaults (official recipe) | fp32 compute, checkpointing, crop+flip, wd 0.1, cosine"
+        in text
+    )
+    assert (
+        "| mBLIP train_mblip.py, the baseline's settings | fp32 compute, checkpointing, no augmentation, wd 0, linear"
+        in text
+    )
     assert render(tmp_path / "empty").count("No results yet") == 1
 
 

@@ -134,6 +134,28 @@ def test_exact_and_relaxed_match_by_hand():
     assert exact_match(["deux"], [["2"]], normalize=True) == 0.0
 
 
+@pytest.mark.parametrize(
+    "prediction, label, normalize, exact, relaxed",
+    [
+        ("two", "Two.", True, 1.0, 1.0),  # the label's "Two." becomes "2" like the prediction's "two"
+        ("Two.", "two", True, 1.0, 1.0),
+        ("t-shirt", "t-shirt", True, 1.0, 1.0),  # both become "t shirt"; the prediction alone never matched
+        ("The women", "the women.", True, 1.0, 1.0),
+        ("Yes, there is.", "Yes", True, 0.0, 1.0),
+        ("three", "Two", True, 0.0, 0.0),
+        ("Rouge ", "ROUGE", False, 1.0, 1.0),  # MaXM: stripped and lower-cased on both sides, nothing more
+        ("deux", "2", False, 0.0, 0.0),
+        ("two", "2", False, 0.0, 0.0),  # without normalisation number words stay words
+        ("yes", "the", True, 0.0, 0.0),  # a label empty after normalisation matches nothing, not everything
+        ("", " ", False, 0.0, 0.0),
+    ],
+)
+def test_prediction_and_label_get_the_same_normalisation(prediction, label, normalize, exact, relaxed):
+    assert exact_match([prediction], [label], normalize=normalize) == exact
+    assert exact_match([prediction], [[label]], normalize=normalize) == exact  # a list of labels: any one
+    assert relaxed_match([prediction], [label], normalize=normalize) == relaxed
+
+
 def test_pope_metrics_by_hand():
     predictions = ["Yes, there is a dog.", "No.", "There is not a cat", "yes"]
     labels = ["yes", "no", "yes", "no"]

@@ -146,6 +146,8 @@ def test_model_identity_follows_config_and_weights_not_the_path(tmp_path):
     assert first.startswith("sha256:") and model_identity(model) == first
     shutil.copytree(model, tmp_path / "moved")  # keeps modification times, as mv and cp -p do
     assert model_identity(tmp_path / "moved") == first
+    (model / "README.md").write_text("# The card, rewritten by python -m eval --update_card\n")
+    assert model_identity(model) == first
     (model / "config.json").write_text('{"hidden_size": 64}')
     second = model_identity(model)
     assert second != first

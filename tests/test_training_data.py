@@ -231,10 +231,74 @@ def test_each_distinct_image_is_checked_once_and_the_check_is_cached(parts, tmp_
     checked.clear()
     again, report_again = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
     assert checked == [] and report_again == report and again["_row"] == first["_row"]
-    assert len(list((tmp_path / "checks").iterdir())) == 1
+    # One cache per dataset: its outcome and its per-image table (verdicts with their files' stamps).
+    assert sorted(p.name.split(".", 1)[1] for p in (tmp_path / "checks").iterdir()) == ["images.parquet", "json"]
     args.recheck_images = True
     training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
     assert len(checked) == 5
+
+
+def copied_images(parts, folder):
+    """A writable copy of the four PNGs (the module's own must not change)."""
+    folder.mkdir()
+    for name in COLOURS:
+        (folder / f"{name}.png").write_bytes(png(parts, f"{name}.png"))
+    return folder
+
+
+def counted_checks(monkeypatch) -> list:
+    """The sources the data check opens from now on (the real check runs)."""
+    checked = []
+    real = training_data.check_image
+    monkeypatch.setattr(training_data, "check_image", lambda source: (checked.append(source), real(source))[1])
+    return checked
+
+
+def test_a_restored_missing_image_is_checked_again_and_its_rows_used(parts, tmp_path, monkeypatch):
+    images = copied_images(parts, tmp_path / "images")
+    write_jsonl(tmp_path / "t.jsonl", rows_of(parts))
+    args = data_args(
+        train_file=str(tmp_path / "t.jsonl"),
+        image_root=str(images),
+        data_check_cache=str(tmp_path / "checks"),
+        max_bad_rows=0.5,
+    )
+    checked = counted_checks(monkeypatch)
+    blue = (images / "blue.png").read_bytes()
+    (images / "blue.png").unlink()
+    _, report = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
+    assert report["by_reason"] == {"missing image": 2} and len(checked) == 4
+    # Restored: the dataset (and its fingerprint) did not change, the file did; only it is checked again.
+    (images / "blue.png").write_bytes(blue)
+    checked.clear()
+    kept, report = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
+    assert report["bad_rows"] == 0 and sorted(kept["_row"]) == list(range(8)), report
+    assert checked == [str(images / "blue.png")]
+    # The refreshed cache holds: a third run opens no image and agrees.
+    checked.clear()
+    again, report_again = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
+    assert checked == [] and report_again == report and again["_row"] == kept["_row"]
+
+
+def test_a_cached_ok_image_truncated_in_place_is_checked_again_and_counted(parts, tmp_path, monkeypatch):
+    images = copied_images(parts, tmp_path / "images")
+    write_jsonl(tmp_path / "t.jsonl", rows_of(parts))
+    args = data_args(
+        train_file=str(tmp_path / "t.jsonl"),
+        image_root=str(images),
+        data_check_cache=str(tmp_path / "checks"),
+        max_bad_rows=0.5,
+    )
+    _, report = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
+    assert report["bad_rows"] == 0
+    checked = counted_checks(monkeypatch)
+    size = (images / "red.png").stat().st_size
+    os.truncate(images / "red.png", size // 2)
+    kept, report = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
+    assert checked == [str(images / "red.png")]
+    assert report["by_reason"] == {"unreadable image": 2}, report
+    assert {e["row"] for e in report["examples"]} == {0, 1} and "red.png" in report["examples"][0]["image"]
+    assert 0 not in kept["_row"] and 1 not in kept["_row"] and len(kept) == 6
 
 
 def test_the_features_cache_keys_embedded_images_by_content(parts, tmp_path):
@@ -254,6 +318,29 @@ def test_the_features_cache_keys_embedded_images_by_content(parts, tmp_path):
     batch = collator([dataset[0], dataset[2]])
     key = str(parts / "images" / rows_of(parts)[2]["image_id"])
     torch.testing.assert_close(batch["image_embeds"][1], from_paths.load([key])[0])
+
+
+def test_the_features_cache_encodes_an_image_edited_in_place_again(parts, tmp_path):
+    from mblip.modeling_mblip import MBlipForConditionalGeneration
+
+    model = MBlipForConditionalGeneration.from_pretrained(parts / "blip2").eval()
+    processor = MBlipProcessor.from_pretrained(parts / "blip2", is_encoder_decoder=False)
+    images = copied_images(parts, tmp_path / "images")
+    args = data_args(train_file="x.jsonl", image_root=str(images), image_features_cache=str(tmp_path / "c"))
+    dataset = datasets.Dataset.from_list(rows_of(parts))
+    train_mblip.build_image_features_cache(model, processor, [dataset], args, batch_size=4)
+    # Edited in place, same name and size: only its modification time tells.
+    size = (images / "red.png").stat().st_size
+    Image.new("RGB", (40, 40), (30, 200, 200)).save(images / "red.png")  # cyan
+    assert (images / "red.png").stat().st_size == size
+    cache = train_mblip.build_image_features_cache(model, processor, [dataset], args, batch_size=4)
+    assert len(cache.shard_of) == 5 and len(list((tmp_path / "c").glob("shard-*"))) == 2  # only red encoded again
+    rows = [rows_of(parts)[0], rows_of(parts)[2]]  # red (edited), green
+    served = train_mblip.MBlipCollator(processor, args, features=cache)(rows)["image_embeds"]
+    pixels = train_mblip.MBlipCollator(processor, args)(rows)["pixel_values"]  # no cache at all
+    with torch.no_grad():
+        fresh = model.vision_model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(served, fresh)
 
 
 # ------------------------------------------------------------------------------------------------ streaming

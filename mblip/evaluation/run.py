@@ -6,7 +6,7 @@
 or with the same keys in one JSON or YAML file, flags after it overriding it:
 `python -m eval eval_xm3600.yaml --languages de`.
 
-Tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope (see eval/README.md for each benchmark's files). The
+Tasks: xm3600, xflickrco, xgqa, maxm, xvnli, marvl, pope, coco, vqav2, chair (see eval/README.md for each benchmark's files). The
 paper's prompts and decoding settings are the defaults; `--prompt`, `--num_beams`, `--max_new_tokens`, ... override.
 
 Writes, under `<output_dir>/<task>/`: `predictions_<split>_<lang>.jsonl` (appended to `.jsonl.partial` as they are
@@ -14,7 +14,7 @@ produced and renamed when the language is done; a rerun skips the ids already th
 and refuses predictions whose `predictions_<split>_<lang>.settings.json` records another model, dtype, quantization,
 prompt or decoding: see mblip/outputs.py), `results_<split>_<lang>.json`, `results.md` (languages x metrics with the average)
 and `results.png`; and `<output_dir>/model-index.yaml` and `<output_dir>/results.md` over every task evaluated
-there.
+there. `--update_card DIR_OR_ID` then merges the run's results into that model repository's card (mblip/cards.py).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from mblip.bad_rows import MAX_BAD_ROWS_HELP, BadRows, check_threshold
 from mblip.images import ImageDecodeError, open_image
 from mblip.loading import DTYPE_HELP, DTYPES, describe_quantization, load_for_inference
 from mblip.outputs import ResumableJsonl, atomic_write_json, model_identity, read_resumable_jsonl
+from mblip.prompts import render
 
-from .prompts import PROMPT_LANGUAGES, check_template, load_override, render, template_for
-from .tasks import Example, Problem, Task, get_task, image_dirs_from_arg, resolve_languages, resolve_splits
+from .prompts import PROMPT_LANGUAGES, check_template, load_override, template_for
+from .tasks import TASKS, Example, Problem, Task, get_task, image_dirs_from_arg, resolve_languages, resolve_splits
 
 
 logger = logging.getLogger("eval")
@@ -67,7 +68,7 @@ class ModelArguments:
 
 @dataclass
 class EvalArguments:
-    task: str = field(metadata={"help": "Benchmark: xm3600, xflickrco, xgqa, maxm, xvnli, marvl or pope."})
+    task: str = field(metadata={"help": f"Benchmark, one of: {', '.join(TASKS)}."})
     data_dir: str = field(metadata={"help": "The benchmark's released annotations: its folder (or the file itself)."})
     image_dir: str = field(
         metadata={"help": "Folder with the benchmark's images; several folders separated by commas."}
@@ -114,6 +115,16 @@ class EvalArguments:
         },
     )
     seed: int = field(default=42, metadata={"help": "Random seed (generation is deterministic: no sampling)."})
+    update_card: str | None = field(
+        default=None,
+        metadata={
+            "help": "After the run, merge its results into this model repository's card (README.md): its "
+            "model-index and its results table, through huggingface_hub's ModelCard. A local folder: its README.md "
+            "is rewritten atomically. A Hub id: the card is downloaded and pushed, which needs network and a token "
+            "with write access (`hf auth login` or HF_TOKEN). Results of the same task, split, language and metric "
+            "replace older ones; the others stay. Checked before the model is loaded; not with --limit."
+        },
+    )
 
     def __post_init__(self):
         task = get_task(self.task)  # ValueError listing the supported tasks
@@ -138,6 +149,11 @@ class EvalArguments:
                 "--prompt replaces the built-in prompts; it cannot be combined with --prompt_language target"
             )
         check_threshold(self.max_bad_rows)
+        if self.update_card is not None and self.limit is not None:
+            raise ValueError(
+                f"--update_card {self.update_card} writes results into a model card, but --limit {self.limit} "
+                "evaluates part of the benchmark only: drop one of them"
+            )
         override = load_override(self.prompt)
         for lang in self.language_list:  # every template is checked before any work starts
             check_template(template_for(task, lang, override, self.prompt_language), task, list(task.fields))
@@ -399,10 +415,14 @@ def main(argv: list[str] | None = None) -> dict:
     logger.setLevel(logging.INFO)
     from transformers import set_seed
 
-    from .report import write_reports
+    from mblip.cards import check_card_target, update_card
+
+    from .report import eval_results, model_name, write_reports
 
     set_seed(args.seed)
     task = get_task(args.task)
+    if args.update_card is not None:
+        check_card_target(args.update_card)  # a card that cannot be updated fails now, not after the run
     logger.info("%s: languages %s, splits %s", task.title, ",".join(args.language_list), ",".join(args.split_list))
     units = read_units(task, args)
     task_dir = Path(args.output_dir) / task.name
@@ -417,4 +437,21 @@ def main(argv: list[str] | None = None) -> dict:
         )
     table = write_reports(Path(args.output_dir), task, model_args.model)
     print(table)
+
+    # ============================================================================================ the model card
+    if args.update_card is not None:
+        incomplete = [key for key, result in results.items() if not result["complete"]]
+        if incomplete:
+            logger.warning(
+                "%s: %s skipped rows (see the results files); their scores go into the card all the same",
+                task.title,
+                ", ".join(incomplete),
+            )
+        where = update_card(
+            args.update_card,
+            eval_results({task.name: list(results.values())}),
+            model_name(model_args.model),
+            commit_message=f"Evaluation results: {task.title} ({', '.join(results)})",
+        )
+        logger.info("Model card updated: %s", where)
     return results

@@ -438,11 +438,13 @@ def vqa_accuracy(predictions: list[str], references: list[list[str]], normalize:
 def _matches(predictions, references, normalize: bool, what: str, relaxed: bool) -> float:
     _check_pairs(predictions, references, what)
     references = _as_reference_lists(references, what)
-    clean_prediction = normalize_answer if normalize else (lambda s: s.strip().lower())
+    # Both sides get the same treatment: normalising the prediction alone would fail "t-shirt" against "t-shirt"
+    # (the prediction becomes "t shirt") and "Two." against "two" (the prediction becomes "2").
+    clean = normalize_answer if normalize else (lambda s: s.strip().lower())
     correct = 0
     for prediction, refs in zip(predictions, references):
-        prediction = clean_prediction(prediction).strip().lower()
-        labels = [r.strip().lower() for r in refs]
+        prediction = clean(prediction)
+        labels = [label for label in (clean(r) for r in refs) if label]  # an empty label would match anything
         if relaxed:
             correct += any(prediction.startswith(label) or prediction.endswith(label) for label in labels)
         else:
@@ -451,15 +453,18 @@ def _matches(predictions, references, normalize: bool, what: str, relaxed: bool)
 
 
 def exact_match(predictions: list[str], references: list, normalize: bool = True) -> float:
-    """Share of predictions equal to the (or any) reference label, after `normalize_answer` on the prediction when
-    `normalize` (labels and predictions are always stripped and lower-cased). Accuracy for xGQA, XVNLI, MaRVL, POPE
-    (normalised) and MaXM (not normalised), as in the official mBLIP evaluation."""
+    """Share of predictions equal to the (or any) reference label, both normalised the same way: `normalize_answer`
+    when `normalize`, else only stripped and lower-cased. A label that is empty after that matches nothing. Accuracy
+    for xGQA, XVNLI, MaRVL, POPE (normalised) and MaXM (not normalised). The official mBLIP evaluation normalised the
+    prediction only, so there an answer with punctuation or a number word ("t-shirt", "Two.") never matched its own
+    label; otherwise the two agree."""
     return _matches(predictions, references, normalize, "exact_match", relaxed=False)
 
 
 def relaxed_match(predictions: list[str], references: list, normalize: bool = True) -> float:
-    """Like `exact_match`, but a prediction also counts when it starts or ends with the label ("yes, there is" for
-    "yes"): the official mBLIP evaluation's relaxed accuracy for classification tasks."""
+    """Like `exact_match` (same normalisation of both sides), but a prediction also counts when it starts or ends with
+    the label ("yes, there is" for "yes"): the official mBLIP evaluation's relaxed accuracy for classification
+    tasks."""
     return _matches(predictions, references, normalize, "relaxed_match", relaxed=True)
 
 
