@@ -47,16 +47,46 @@ OVERWRITE_FLAG = "--overwrite"
 # Arguments that change only where or how often things are written, logged or evaluated, never the trained weights.
 OUTPUT_ONLY = {
     "model": {"lora_output", "max_shard_size", "license"},
-    "data": {"preprocessing_num_workers", "image_features_cache", "validation_file", "validation_split",
-             "max_eval_samples", "max_bad_rows"},
-}  # fmt: skip
+    "data": {
+        "preprocessing_num_workers",
+        "image_features_cache",
+        "validation_file",
+        "validation_split",
+        "max_eval_samples",
+        "max_bad_rows",
+    },
+}
 OUTPUT_ONLY_TRAINING_PREFIXES = (
-    "output_dir", "overwrite", "logging_", "log_", "report_to", "run_name", "project", "trackio_",
-    "disable_tqdm", "save_", "eval_", "per_device_eval_batch_size", "prediction_loss_only", "push_to_hub", "hub_",
-    "resume_from_checkpoint", "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "dataloader_multiprocessing_context", "local_rank", "ddp_timeout", "do_",
-    "include_", "skip_memory_metrics", "batch_eval_metrics", "torch_empty_cache_steps", "debug",
-)  # fmt: skip
+    "output_dir",
+    "overwrite",
+    "logging_",
+    "log_",
+    "report_to",
+    "run_name",
+    "project",
+    "trackio_",
+    "disable_tqdm",
+    "save_",
+    "eval_",
+    "per_device_eval_batch_size",
+    "prediction_loss_only",
+    "push_to_hub",
+    "hub_",
+    "resume_from_checkpoint",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "dataloader_multiprocessing_context",
+    "local_rank",
+    "ddp_timeout",
+    "do_",
+    "include_",
+    "skip_memory_metrics",
+    "batch_eval_metrics",
+    "torch_empty_cache_steps",
+    "debug",
+)
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -195,8 +225,16 @@ def user_files(output_dir: str | os.PathLike, names) -> list[str]:
 
 # Names an export may write at the top of output_dir, known before training: checked then, so that a run does not
 # train for hours and then refuse to write its output.
-EXPORT_NAMES = ("README.md", "config.json", "model.safetensors", "model.safetensors.index.json", "adapter",
-                "vision_stack.safetensors", "data_report.json", "generation_config.json")  # fmt: skip
+EXPORT_NAMES = (
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter",
+    "vision_stack.safetensors",
+    "data_report.json",
+    "generation_config.json",
+)
 
 
 def refuse_user_files(output_dir: str | os.PathLike, names) -> None:

@@ -491,10 +491,26 @@ def tiny_model_dir(tmp_path_factory):
 
 def _argv(model_dir, task, data_dir, image_dir, output_dir, *extra):
     return [
-        "--model", model_dir, "--task", task, "--data_dir", str(data_dir), "--image_dir", str(image_dir),
-        "--output_dir", str(output_dir), "--batch_size", "2", "--num_beams", "2", "--max_new_tokens", "4",
-        "--max_skipped_fraction", "1", *extra,
-    ]  # fmt: skip
+        "--model",
+        model_dir,
+        "--task",
+        task,
+        "--data_dir",
+        str(data_dir),
+        "--image_dir",
+        str(image_dir),
+        "--output_dir",
+        str(output_dir),
+        "--batch_size",
+        "2",
+        "--num_beams",
+        "2",
+        "--max_new_tokens",
+        "4",
+        "--max_skipped_fraction",
+        "1",
+        *extra,
+    ]
 
 
 def test_new_tasks_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):

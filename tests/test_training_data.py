@@ -71,9 +71,13 @@ def make_form(form: str, parts, tmp_path) -> dict:
         return {"train_file": str(tmp_path / "*.csv"), "image_root": str(parts / "images")}
     if form == "parquet embedded bytes":
         features = datasets.Features(
-            {"image": datasets.Image(), "image_id": datasets.Value("string"), "context": datasets.Value("string"),
-             "label": datasets.Value("string")}
-        )  # fmt: skip
+            {
+                "image": datasets.Image(),
+                "image_id": datasets.Value("string"),
+                "context": datasets.Value("string"),
+                "label": datasets.Value("string"),
+            }
+        )
         datasets.Dataset.from_list(embedded(parts), features=features).to_parquet(tmp_path / "train.parquet")
         return {"train_file": str(tmp_path / "train.parquet"), "image_column": "image"}
     if form == "arrow Image() decoded, save_to_disk":
@@ -164,8 +168,14 @@ def test_bad_embedded_images_are_counted_by_reason_naming_row_column_and_what_wa
     rows[3]["image"] = {"bytes": None, "path": str(tmp_path / "nowhere.png")}
     rows[5]["image"] = None
     rows[6]["label"] = " "
-    features = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
-                                  "context": datasets.Value("string"), "label": datasets.Value("string")})  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "label": datasets.Value("string"),
+        }
+    )
     import pyarrow.parquet as pq
 
     # pyarrow's writer, with datasets' features in the schema: datasets' own would stat the missing path.
@@ -185,10 +195,15 @@ def test_bad_embedded_images_are_counted_by_reason_naming_row_column_and_what_wa
 def test_a_list_of_embedded_images_per_row(parts, tmp_path):
     names = list(COLOURS)
     rows = [
-        {"images": [{"bytes": png(parts, f"{a}.png"), "path": None}, {"bytes": png(parts, f"{b}.png"), "path": None}],
-         "label": f"{a} {b}"}
+        {
+            "images": [
+                {"bytes": png(parts, f"{a}.png"), "path": None},
+                {"bytes": png(parts, f"{b}.png"), "path": None},
+            ],
+            "label": f"{a} {b}",
+        }
         for a, b in zip(names, names[1:])
-    ]  # fmt: skip
+    ]
     features = datasets.Features({"images": datasets.List(datasets.Image()), "label": datasets.Value("string")})
     datasets.Dataset.from_list(rows, features=features).to_parquet(tmp_path / "pairs.parquet")
     args = data_args(train_file=str(tmp_path / "pairs.parquet"), image_column="images", prompt_column="")
@@ -197,8 +212,11 @@ def test_a_list_of_embedded_images_per_row(parts, tmp_path):
     kept, report = training_data.check_split(raw, args, "train")
     assert report["bad_rows"] == 0
     batch = collate(parts, args, list(kept))
-    reference = collate(parts, data_args(train_file="x.jsonl", image_root=str(parts / "images"), prompt_column=""),
-                        [{"image_id": [f"{a}.png", f"{b}.png"], "label": "x"} for a, b in zip(names, names[1:])])  # fmt: skip
+    reference = collate(
+        parts,
+        data_args(train_file="x.jsonl", image_root=str(parts / "images"), prompt_column=""),
+        [{"image_id": [f"{a}.png", f"{b}.png"], "label": "x"} for a, b in zip(names, names[1:])],
+    )
     assert batch["pixel_values"].shape[:2] == (3, 2)
     torch.testing.assert_close(batch["pixel_values"], reference["pixel_values"])
 
@@ -311,9 +329,12 @@ def test_the_features_cache_keys_embedded_images_by_content(parts, tmp_path):
     cache = train_mblip.build_image_features_cache(model, processor, [dataset], args, batch_size=4)
     assert len(cache.shard_of) == 4  # 8 rows, 4 distinct images; their record paths exist nowhere
     from_paths = train_mblip.build_image_features_cache(
-        model, processor, [datasets.Dataset.from_list(rows_of(parts))],
-        data_args(train_file="x.jsonl", image_root=str(parts / "images"), image_features_cache=str(tmp_path / "p")), 4,
-    )  # fmt: skip
+        model,
+        processor,
+        [datasets.Dataset.from_list(rows_of(parts))],
+        data_args(train_file="x.jsonl", image_root=str(parts / "images"), image_features_cache=str(tmp_path / "p")),
+        4,
+    )
     collator = train_mblip.MBlipCollator(processor, args, features=cache)
     batch = collator([dataset[0], dataset[2]])
     key = str(parts / "images" / rows_of(parts)[2]["image_id"])
@@ -454,9 +475,13 @@ def test_predict_reads_every_form_like_image_files(parts, tmp_path, form):
     source = {"data_files": spec["train_file"]} if "train_file" in spec else {"dataset_name": spec["dataset_name"]}
     prompt_column = spec.get("prompt_column", "context")
     args = predict.PredictArguments(
-        **source, image_column=spec["image_column"], prompt_column=prompt_column, output=str(tmp_path / "p.jsonl"),
-        num_beams=1, max_new_tokens=6,
-    )  # fmt: skip
+        **source,
+        image_column=spec["image_column"],
+        prompt_column=prompt_column,
+        output=str(tmp_path / "p.jsonl"),
+        num_beams=1,
+        max_new_tokens=6,
+    )
     report = predict.predict(args, model_and_processor)
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert report.written == 8 and len(rows) == 8
@@ -489,8 +514,14 @@ def test_predict_counts_bad_dataset_rows_and_refuses_a_column_of_numbers(parts, 
     rows = embedded(parts)[:4]
     rows[1]["image"] = {"bytes": b"not an image at all", "path": "x.png"}
     rows[2]["image"] = None
-    features = datasets.Features({"image": datasets.Image(), "image_id": datasets.Value("string"),
-                                  "context": datasets.Value("string"), "label": datasets.Value("string")})  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("string"),
+            "context": datasets.Value("string"),
+            "label": datasets.Value("string"),
+        }
+    )
     datasets.Dataset.from_list(rows, features=features).to_parquet(tmp_path / "bad.parquet")
     args = predict.PredictArguments(
         data_files=str(tmp_path / "bad.parquet"), num_beams=1, max_new_tokens=4, max_bad_rows=0.6

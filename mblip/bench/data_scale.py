@@ -60,8 +60,12 @@ def make_images(folder: Path, count: int, seed: int = 0) -> dict:
             grain = rng.normal(0, rng.uniform(3.5, 12), image.shape).astype(np.int16)
             Image.fromarray(np.clip(image + grain, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=85)
         sizes.append(path.stat().st_size)
-    return {"count": count, "kib_min": min(sizes) / 1024, "kib_mean": float(np.mean(sizes)) / 1024,
-            "kib_max": max(sizes) / 1024}  # fmt: skip
+    return {
+        "count": count,
+        "kib_min": min(sizes) / 1024,
+        "kib_mean": float(np.mean(sizes)) / 1024,
+        "kib_max": max(sizes) / 1024,
+    }
 
 
 def make_mix(path: Path, rows: int, images: int, seed: int = 0) -> None:
@@ -77,8 +81,13 @@ def make_mix(path: Path, rows: int, images: int, seed: int = 0) -> None:
             code, name = rng.choice(languages)
             task = rng.choice(sorted(TASKS))
             label = " ".join(rng.choices(WORDS, k=rng.randint(2, 9)))
-            row = {"image_id": f"{rng.randrange(images):06d}.jpg", "context": TASKS[task].format(language=name),
-                   "label": label, "lang": code, "task": task}  # fmt: skip
+            row = {
+                "image_id": f"{rng.randrange(images):06d}.jpg",
+                "context": TASKS[task].format(language=name),
+                "label": label,
+                "lang": code,
+                "task": task,
+            }
             handle.write(json.dumps(row) + "\n")
 
 
@@ -131,13 +140,41 @@ def first_step(spec: dict) -> dict:
                 FirstStep.seconds = time.perf_counter() - start
 
     argv = [
-        "--model_name_or_path", spec["model"], "--train_file", spec["train_file"], "--image_root", spec["image_root"],
-        "--output_dir", spec["output_dir"], "--max_steps", "1", "--per_device_train_batch_size", "4",
-        "--gradient_accumulation_steps", "1", "--load_in_8bit", "false", "--bf16", "false", "--save_strategy", "no",
-        "--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--warmup_steps", "0",
-        "--data_check_cache", spec["check_cache"], "--preprocessing_num_workers", str(spec["workers"]),
-        "--overwrite", "true",
-    ]  # fmt: skip
+        "--model_name_or_path",
+        spec["model"],
+        "--train_file",
+        spec["train_file"],
+        "--image_root",
+        spec["image_root"],
+        "--output_dir",
+        spec["output_dir"],
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "1",
+        "--load_in_8bit",
+        "false",
+        "--bf16",
+        "false",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+        "--warmup_steps",
+        "0",
+        "--data_check_cache",
+        spec["check_cache"],
+        "--preprocessing_num_workers",
+        str(spec["workers"]),
+        "--overwrite",
+        "true",
+    ]
     if spec["streaming"]:
         argv += ["--streaming"]
     training.main(argv, callbacks=[FirstStep()])
@@ -156,9 +193,12 @@ def image_check(spec: dict) -> dict:
     names = sorted(os.listdir(spec["image_root"]))
     dataset = datasets.Dataset.from_dict({"image_id": names, "label": ["x"] * len(names)})
     args = training.DataArguments(
-        train_file="x.jsonl", image_root=spec["image_root"], data_check_cache="none", prompt_column="",
+        train_file="x.jsonl",
+        image_root=spec["image_root"],
+        data_check_cache="none",
+        prompt_column="",
         preprocessing_num_workers=spec["workers"],
-    )  # fmt: skip
+    )
     t0 = time.perf_counter()
     training_data.check_split(dataset, args, "train")
     seconds = time.perf_counter() - t0
@@ -207,9 +247,13 @@ def run(size: str = "cpu", workdir: str = "outputs/bench/data_scale", workers: i
         train_file = root / f"mix-{rows}.jsonl"
         make_mix(train_file, rows, config["images"])
         for mode in ("file", "file (check cached)", "streaming"):
-            spec = dict(base, train_file=str(train_file), streaming=mode == "streaming",
-                        output_dir=str(root / f"run-{rows}-{mode.split()[0]}"),
-                        check_cache=str(root / "checks") if "cached" in mode else "none")  # fmt: skip
+            spec = dict(
+                base,
+                train_file=str(train_file),
+                streaming=mode == "streaming",
+                output_dir=str(root / f"run-{rows}-{mode.split()[0]}"),
+                check_cache=str(root / "checks") if "cached" in mode else "none",
+            )
             if "cached" in mode:  # the cache is filled by a first run on the same data, not timed here
                 common.in_child(first_step, dict(spec, output_dir=spec["output_dir"] + "-fill"))
             runs.setdefault(mode, {})[rows] = common.in_child(first_step, spec)
@@ -217,9 +261,13 @@ def run(size: str = "cpu", workdir: str = "outputs/bench/data_scale", workers: i
     checks = common.in_child(image_check, base)
     collate = common.in_child(
         collation,
-        dict(base, train_file=str(root / f"mix-{config['rows'][0]}.jsonl"), collate_rows=config["collate_rows"],
-             batch=config["batch"]),
-    )  # fmt: skip
+        dict(
+            base,
+            train_file=str(root / f"mix-{config['rows'][0]}.jsonl"),
+            collate_rows=config["collate_rows"],
+            batch=config["batch"],
+        ),
+    )
     return {
         "size": size,
         "workers": workers,
