@@ -6,6 +6,7 @@ import sys
 import unicodedata
 
 import pytest
+import torch
 from PIL import Image
 
 from mblip.demo import world
@@ -212,3 +213,22 @@ def test_quick_demo_resumes_without_redoing_work_and_refuses_other_settings(quic
     assert set(report["timings"]) == {"world", "report", "total"}  # nothing was trained or evaluated again
     with pytest.raises(ValueError, match="other settings"):
         main(output_dir=str(output_dir), quick=True, seed=1)
+
+
+def test_quick_demo_is_reproducible_run_to_run(quick_demo, tmp_path):
+    """The README's demo table holds only if a rerun prints the same: same seed, same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from mblip.demo.realign import main
+
+    output_dir, report = quick_demo
+    again = main(output_dir=str(tmp_path / "again"), quick=True, seed=0)
+    assert again["scores"] == report["scores"]
+    for name in ("mblip", "blip2-english", "multilingual-lm"):
+        first = {p.name for p in (output_dir / name).glob("*.safetensors")}
+        assert first, name
+        for file in sorted(first):
+            a, b = load_file(output_dir / name / file), load_file(tmp_path / "again" / name / file)
+            assert a.keys() == b.keys(), (name, file)
+            for key in a:
+                assert torch.equal(a[key], b[key]), (name, file, key)
