@@ -194,6 +194,16 @@ def generation_kwargs(max_new_tokens: int, static_cache=False, pad_token_id: int
     return kwargs
 
 
+def decoding_compile_config(device: torch.device):
+    """transformers compiles the decoding step of a static-cache `generate` by itself on GPUs only; the same on CPU
+    (default mode: "reduce-overhead" means CUDA graphs), so the static-cache row is what a static cache is for."""
+    from transformers import CompileConfig
+
+    config = CompileConfig(mode="default" if device.type == "cpu" else "reduce-overhead")
+    config._compile_all_devices = True  # no public switch: generate's auto-compile checks this attribute for CPUs
+    return config
+
+
 def mblip_generate(model, pixels, ours, kwargs):
     return model.generate(pixel_values=pixels, **ours, **kwargs)
 
@@ -427,6 +437,7 @@ def run(
             extra = {}
             if static_cache:
                 static_kwargs = generation_kwargs(max_new_tokens, static_cache=True)
+                static_kwargs["compile_config"] = decoding_compile_config(device)
                 try:
                     tokens_static = mblip_generate(model, pixels, ours, static_kwargs)
                     mblip_generate(model, pixels, ours, static_kwargs)  # second warm-up: compilation settles
