@@ -113,6 +113,23 @@ def test_report_counts_merge_and_round_trip():
     }
 
 
+def test_report_names_the_language_identifier():
+    from mblip.data.languages import LANGID_IDENTIFIER
+
+    report = FilterReport()
+    report.add("de", "caption", "wrong_language")
+    assert report.to_dict()["langid_identifier"] == LANGID_IDENTIFIER
+    assert FilterReport.from_dict(report.to_dict()).identifier == LANGID_IDENTIFIER
+    # An empty report takes the identifier of what is merged into it (translate.py merges shards into one).
+    assert FilterReport().merge(FilterReport.from_dict(report.to_dict())).identifier == LANGID_IDENTIFIER
+    # Shards written before the identifier was recorded, merged with new ones: the mix is named, not hidden.
+    old = report.to_dict()
+    del old["langid_identifier"]
+    mixed = FilterReport.from_dict(old).merge(report)
+    assert mixed.identifier == f"mixed: {LANGID_IDENTIFIER}, unrecorded"
+    assert FilterReport.from_dict(mixed.to_dict()).identifiers == {LANGID_IDENTIFIER, "unrecorded"}
+
+
 # ---- templates ------------------------------------------------------------------------------------------------------
 
 

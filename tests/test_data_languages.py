@@ -8,9 +8,12 @@ import yaml
 
 from mblip.data.languages import (
     ENGLISH,
+    IDENTIFIABLE_LANGUAGES,
+    LANGID_IDENTIFIER,
     LANGID_MATCH,
     LANGID_MISMATCH,
     LANGID_SHORT,
+    LANGID_UNSUPPORTED,
     LANGUAGE_BY_CODE,
     LANGUAGES,
     TARGET_LANGUAGES,
@@ -18,12 +21,18 @@ from mblip.data.languages import (
     apply_floor,
     assign_languages,
     detect_language,
+    evaluate_identification,
     get_language,
     language_check,
     language_weights,
     parse_languages,
     plan_language_counts,
+    read_texts,
+    text_weight,
 )
+
+
+REAL_TEXT = Path(__file__).resolve().parent / "data" / "langid_real_text.jsonl.gz"
 
 
 # ---- the table --------------------------------------------------------------------------------------------------
@@ -183,6 +192,63 @@ def test_language_check_statuses():
     # Malay and Indonesian are one language to the identifier: accepted both ways.
     assert language_check("Gambar ini menunjukkan seekor anjing di pantai.", "ms") == LANGID_MATCH
     assert language_check("Ang larawan ay nagpapakita ng aso sa dalampasigan.", "fil") == LANGID_MATCH
+
+
+# Real human-written text (tests/data/README.md): IGLUE's annotation files, the Leipzig corpora sentences of lingua's
+# test data and UDHR translations, 36 texts per language. The targets: recall >= 99.5% overall and >= 97% for
+# every language, false accepts <= 0.5%.
+# Yoruba misses 97% by one text: its Leipzig sentences include Wikipedia stubs written without tone marks and made
+# of foreign names ("Leslie Manigat je Aare orile-ede Haiti tele."), two of which are read as Croatian and Spanish
+# (eval/README.md, "Language identification").
+KNOWN_SHORTFALLS = {"yo": 34 / 36}
+
+
+@pytest.fixture(scope="module")
+def real_text_rows():
+    return read_texts(REAL_TEXT)
+
+
+@pytest.fixture(scope="module")
+def real_text_result(real_text_rows):
+    return evaluate_identification(real_text_rows)
+
+
+def test_real_text_file_covers_every_identifiable_language(real_text_rows):
+    per_language = {}
+    for row in real_text_rows:
+        assert row["text"].strip() and row["source"], row
+        per_language[row["lang"]] = per_language.get(row["lang"], 0) + 1
+    assert set(per_language) == set(IDENTIFIABLE_LANGUAGES)  # the table's 96 languages, plus hr and quz
+    assert min(per_language.values()) >= 36
+    # Filter-sized texts: language_check reports shorter ones as unchecked.
+    assert min(text_weight(row["text"]) for row in real_text_rows) >= 20
+
+
+def test_identification_meets_its_targets_on_real_text(real_text_result):
+    result = real_text_result
+    assert result["identifier"] == LANGID_IDENTIFIER
+    assert result["recall"] >= 0.995, result["recall"]
+    assert result["false_accepts"] <= 0.005, result["false_accepts"]
+    below = {
+        lang: entry["recall"]
+        for lang, entry in result["languages"].items()
+        if entry["recall"] < KNOWN_SHORTFALLS.get(lang, 0.97) - 1e-9
+    }
+    assert not below, below
+    # A shortfall that is fixed should leave the list.
+    assert all(result["languages"][lang]["recall"] < 0.97 for lang in KNOWN_SHORTFALLS)
+
+
+def test_every_language_of_the_table_gets_a_verdict(real_text_rows):
+    first = {}
+    for row in real_text_rows:
+        first.setdefault(row["lang"], row["text"])
+    for language in LANGUAGES:
+        assert language_check(first[language.code], language.code) == LANGID_MATCH, language.code
+        # ... and another language's text is rejected, not left unchecked.
+        other = first["de" if language.code != "de" else "fr"]
+        assert language_check(other, language.code) == LANGID_MISMATCH, language.code
+    assert all(language_check(first["de"], code) != LANGID_UNSUPPORTED for code in TARGET_LANGUAGES)
 
 
 def test_readme_model_card_lists_every_language_of_the_table():

@@ -179,8 +179,11 @@ def test_language_fidelity_uses_the_shared_language_identifier():
     assert language_fidelity(texts, "de") == pytest.approx(2 / 4)
     assert language_fidelity(texts, "en") == pytest.approx(1 / 4)
     assert language_fidelity(["גבר הולך עם הכלב שלו ברחוב"], "iw") == 1.0  # MaXM's code for Hebrew
-    with pytest.raises(ValueError, match="does not know 'quz'"):
-        language_fidelity(["Huk runa"], "quz")
+    # The identifier of the translation filter: every mBLIP language and XM3600's Cusco Quechua have a verdict.
+    assert language_fidelity(["Llapa runakunaqa kay pachapi nacekunku libres, kaqllataq"], "quz") == 1.0
+    assert language_fidelity(["Kila mtu ana haki ya kuishi, uhuru na usalama wa nafsi yake."], "sw") == 1.0
+    with pytest.raises(ValueError, match="does not know 'tlh'"):
+        language_fidelity(["nuqneH"], "tlh")
 
 
 def test_metrics_as_evaluate_modules_match_the_functions():

@@ -431,6 +431,7 @@ def test_every_task_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dirs, count_
 
 def test_scores_are_computed_from_the_generated_text(tmp_path, tiny_model_dirs, monkeypatch):
     """With a generate that always writes the same text, every metric is known from the gold data."""
+    from mblip.data.languages import LANGID_IDENTIFIER
     from mblip.evaluation.metrics import caption_scores, language_fidelity
     from mblip.processing_mblip import MBlipProcessor
 
@@ -471,6 +472,10 @@ def test_scores_are_computed_from_the_generated_text(tmp_path, tiny_model_dirs, 
     assert result["metrics"]["cider"] == pytest.approx(100 * expected["cider"]) and result["metrics"]["cider"] > 10
     assert result["metrics"]["bleu4"] == pytest.approx(100 * expected["bleu4"])
     assert result["metrics"]["lang_fidelity"] == pytest.approx(100 * language_fidelity(predictions, "en"))
+    # Language fidelity names its identifier, in the results and in the table; other tasks have none.
+    assert result["language_identifier"] == LANGID_IDENTIFIER and pope["language_identifier"] is None
+    table = (out / "xm3600" / "results.md").read_text(encoding="utf-8")
+    assert f"Language fidelity: identified by `{LANGID_IDENTIFIER}`." in table
 
 
 def test_decoder_only_model_and_model_index_over_tasks(tmp_path, tiny_model_dirs):

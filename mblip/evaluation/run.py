@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mblip.bad_rows import MAX_BAD_ROWS_HELP, BadRows, check_threshold
+from mblip.data.languages import LANGID_IDENTIFIER
 from mblip.images import ImageDecodeError, open_image
 from mblip.loading import DTYPE_HELP, DTYPES, describe_quantization, load_for_inference
 from mblip.outputs import ResumableJsonl, atomic_write_json, model_identity, read_resumable_jsonl
@@ -383,6 +384,8 @@ def evaluate_unit(task, unit, model_args, args, model, processor, device, task_d
         "prompt_example": example_prompt,
         "generation": gen_kwargs,
         "metrics": metrics,
+        # Language fidelity depends on the identifier: results of different identifiers are not comparable.
+        "language_identifier": LANGID_IDENTIFIER if "lang_fidelity" in metrics else None,
         "primary_metric": task.primary_metric,
         "metric_scale": "percent (CIDEr and BLEU x100, as in the paper)",
         "n_rows": unit.n_rows,

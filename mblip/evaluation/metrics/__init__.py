@@ -635,38 +635,26 @@ def chair(captions: list[str], objects: list, synonyms: str | os.PathLike | None
 
 
 # ----------------------------------------------------------------------------------------------- language
-def _accepted_labels(lang: str) -> tuple[str, ...] | None:
-    """The language identifier's labels that count as `lang` (mBLIP's language table: "iw" is "he", Indonesian
-    accepts Malay, Norwegian Nynorsk, ...); None when the identifier does not know the language."""
-    from mblip.data.languages import get_language
-
-    try:
-        language = get_language(lang)
-    except ValueError:
-        return None  # not one of mBLIP's languages (e.g. XM3600's Quechua)
-    if language.langid is None:
-        return None
-    return (language.langid, *language.accept)
-
-
 def identifiable_language(lang: str) -> bool:
-    """Whether `language_fidelity` can score outputs requested in `lang`."""
-    return _accepted_labels(lang) is not None
+    """Whether `language_fidelity` can score outputs requested in `lang` (mBLIP's 96 languages, their aliases such as
+    MaXM's "iw", and XM3600's Croatian and Cusco Quechua)."""
+    from mblip.data.languages import identifiable
+
+    return identifiable(lang)
 
 
 def language_fidelity(texts: list[str], lang: str) -> float:
     """Share of `texts` that language identification assigns to `lang` (ISO 639-1, or a benchmark's spelling such as
-    MaXM's "iw"). Empty outputs count as wrong. Identification is `data.languages.detect_language` (py3langid, whose
-    model ships with the package); see `identifiable_language` for the languages it knows, others raise ValueError.
+    MaXM's "iw"). Empty outputs count as wrong. Identification is `mblip.data.languages.is_language`, the one the
+    translation filter uses; `mblip.data.languages.LANGID_IDENTIFIER` names it, and evaluation results record that
+    name next to the score. Languages it does not know (see `identifiable_language`) raise ValueError.
     """
     if isinstance(texts, str):
         raise ValueError("language_fidelity: `texts` must be a list of strings, not a string")
     if len(texts) == 0:
         raise ValueError("language_fidelity: no texts to score")
-    from mblip.data.languages import detect_language
+    from mblip.data.languages import is_language
 
-    accepted = _accepted_labels(lang)
-    if accepted is None:
+    if not identifiable_language(lang):
         raise ValueError(f"language_fidelity: the language identifier does not know {lang!r}")
-    detected = detect_language(list(texts))
-    return sum(label in accepted for label in detected) / len(texts)
+    return sum(bool(text.strip()) and is_language(text, lang) for text in texts) / len(texts)
