@@ -393,9 +393,20 @@ IDENTIFICATION_ONLY = {"hr": ("Croatian", "Latn"), "quz": ("Cusco Quechua", "Lat
 _EXTRA_SCRIPTS = {"sr": ("Latn",), "ku": ("Latn",)}
 # Labels of the models that are another name for one of our languages (CLD's "iw" and "jw" are old ISO codes).
 _LABEL_CODES = {
-    "tl": "fil", "nn": "no", "nb": "no", "sdh": "ku", "ckb": "ku", "kmr": "ku", "bs": "hr", "sh": "hr", "qu": "quz",
-    "iw": "he", "jw": "jv", "zh-Hant": "zh", "sr-ME": "sr",
-}  # fmt: skip
+    "tl": "fil",
+    "nn": "no",
+    "nb": "no",
+    "sdh": "ku",
+    "ckb": "ku",
+    "kmr": "ku",
+    "bs": "hr",
+    "sh": "hr",
+    "qu": "quz",
+    "iw": "he",
+    "jw": "jv",
+    "zh-Hant": "zh",
+    "sr-ME": "sr",
+}
 # Languages accepted for each other (see _CONFUSABLE above): Malay/Indonesian, Serbian/Croatian (one language in
 # Latin letters).
 _ACCEPT = {"ms": ("id",), "id": ("ms",), "sr": ("hr",), "hr": ("sr",)}
@@ -411,12 +422,31 @@ _CLD2_SHARE = 1.2  # ...and this times the share of the text in that language
 
 # Unicode script names (first word of a letter's Unicode name) for the ISO 15924 codes in the table.
 _SCRIPT_NAMES = {
-    "Latn": "LATIN", "Cyrl": "CYRILLIC", "Arab": "ARABIC", "Ethi": "ETHIOPIC", "Beng": "BENGALI", "Grek": "GREEK",
-    "Gujr": "GUJARATI", "Hebr": "HEBREW", "Deva": "DEVANAGARI", "Armn": "ARMENIAN", "Geor": "GEORGIAN",
-    "Khmr": "KHMER", "Knda": "KANNADA", "Laoo": "LAO", "Mlym": "MALAYALAM", "Mymr": "MYANMAR", "Guru": "GURMUKHI",
-    "Sinh": "SINHALA", "Taml": "TAMIL", "Telu": "TELUGU", "Thai": "THAI", "Hang": "HANGUL", "Hans": "HAN",
+    "Latn": "LATIN",
+    "Cyrl": "CYRILLIC",
+    "Arab": "ARABIC",
+    "Ethi": "ETHIOPIC",
+    "Beng": "BENGALI",
+    "Grek": "GREEK",
+    "Gujr": "GUJARATI",
+    "Hebr": "HEBREW",
+    "Deva": "DEVANAGARI",
+    "Armn": "ARMENIAN",
+    "Geor": "GEORGIAN",
+    "Khmr": "KHMER",
+    "Knda": "KANNADA",
+    "Laoo": "LAO",
+    "Mlym": "MALAYALAM",
+    "Mymr": "MYANMAR",
+    "Guru": "GURMUKHI",
+    "Sinh": "SINHALA",
+    "Taml": "TAMIL",
+    "Telu": "TELUGU",
+    "Thai": "THAI",
+    "Hang": "HANGUL",
+    "Hans": "HAN",
     "Jpan": "JAPANESE",
-}  # fmt: skip
+}
 
 
 def _language_scripts() -> dict[str, tuple[str, ...]]:
