@@ -245,6 +245,28 @@ def test_first_difference_measures_the_gap_between_the_two_tokens():
     assert found["relative_gap"] == pytest.approx(found["gap"] / logits.std().item(), rel=1e-5)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None, reason="ctranslate2 is not installed")
+def test_engine_disagreement_compares_the_same_tokens_scored_by_both_engines(tmp_path):
+    """The two engines' float32 log-probabilities of the same tokens differ by rounding only; against another model's
+    conversion they differ by whole units."""
+    from mblip.data.tiny_nllb import build_tiny_nllb
+    from mblip.data.translate import CTranslate2Translator, Translator
+
+    models = {seed: build_tiny_nllb(seed=seed) for seed in (0, 1)}
+    engines = {}
+    for seed, (model, tokenizer) in models.items():
+        model.save_pretrained(tmp_path / f"model-{seed}")
+        tokenizer.save_pretrained(tmp_path / f"model-{seed}")
+        engines[seed] = CTranslate2Translator.from_pretrained(
+            tmp_path / f"model-{seed}", compute_type="float32", cache_dir=tmp_path / "ct2", show_progress=False
+        )
+    reference = Translator(*models[0], show_progress=False)
+    texts = ["A dog runs along the beach.", "What color is the bus?", "Two people ride bicycles."]
+    ids = translation.sentence_ids(reference, texts, "de")
+    assert 0 <= translation.engine_disagreement(reference, engines[0], texts, ids, [0, 1, 2]) < 1e-3
+    assert translation.engine_disagreement(reference, engines[1], texts, ids, [0, 1, 2]) > 0.1
+
+
 def test_decode_positions_counts_each_batch_to_its_longest_budget():
     assert translation.decode_positions([5, 1, 1, 3, 2], batch_size=2) == 5 * 2 + 3 * 2 + 2
     assert translation.decode_positions([5, 3, 2, 1, 1], batch_size=2) == 5 * 2 + 2 * 2 + 1

@@ -634,6 +634,38 @@ def test_ctranslate2_engine_gives_the_transformers_engines_outputs(tmp_path, eos
 
 
 @needs_ctranslate2
+@pytest.mark.parametrize("beams", [1, 2], ids=["greedy", "beam"])
+def test_ctranslate2_decodes_no_further_than_the_budgets_need(tmp_path, beams):
+    """A batch decodes to its longest budget; greedy search stops one token short, at the token the budget allows
+    only as EOS (a sentence that gets there is truncated whatever it is), and still gives the transformers engine's
+    outputs. Beam search decodes that token too, as generate does, to rank its hypotheses."""
+    from mblip.data.translate import CTranslate2Translator
+
+    model, tokenizer = save_tiny(tmp_path / "model")  # runs every sentence to its budget
+    texts = ["A dog.", "Two people ride bicycles down a busy street.", "What color is the bus?"]
+    options = {"num_beams": beams, "show_progress": False}
+    engine = CTranslate2Translator.from_pretrained(
+        tmp_path / "model", compute_type="float32", cache_dir=tmp_path / "cache", **options
+    )
+    decode, produced = engine.model.translate_batch, []
+
+    def recording(*args, **kwargs):
+        results = decode(*args, **kwargs)
+        produced.extend(len(result.hypotheses[0]) for result in results)
+        return results
+
+    engine.model = type("Recorder", (), {"translate_batch": staticmethod(recording)})()
+    outputs = engine.translate(texts, "de")
+    assert {t.status for t in outputs} == {"truncated"}
+    if beams == 1:
+        assert outputs == Translator(model, tokenizer, **options).translate(texts, "de")
+    caps = engine.budgets([len(ids) for ids in tokenizer(texts)["input_ids"]])
+    assert len(set(caps)) == 3
+    # Hypotheses count the target-language token.
+    assert produced == [max(caps) - 1 if beams == 1 else max(caps)] * 3
+
+
+@needs_ctranslate2
 def test_ctranslate2_conversion_is_cached_and_redone_for_a_changed_model(tmp_path, monkeypatch, caplog):
     from ctranslate2.converters import TransformersConverter
 
