@@ -249,7 +249,7 @@ class GenerationValidation:
         """The model card's results (`EvalResult`s, as `python -m eval` writes them) of one evaluation's `scores`
         (`evaluate()`'s metrics, or a `log_history` entry), one per task, language and metric; the split says they
         come from validation during training, on how many examples, and which evaluation (`evaluation`)."""
-        from mblip.evaluation.report import METRIC_NAMES
+        from mblip.evaluation.report import eval_result
 
         found = []
         for task, unit, _ in self.units:
@@ -259,19 +259,7 @@ class GenerationValidation:
                 value = scores.get(f"{prefix}{task.name}_{unit.lang}_{metric}")
                 if value is None or value != value:  # not scored, or NaN
                     continue
-                found.append(
-                    EvalResult(
-                        task_type=task.hf_task_type,
-                        task_name=task.hf_task_name,
-                        dataset_type=task.dataset_type,
-                        dataset_name=f"{task.title} ({unit.lang}, {split})",
-                        dataset_config=unit.lang,
-                        dataset_split=split,
-                        metric_type=metric,
-                        metric_value=round(float(value), 2),
-                        metric_name=METRIC_NAMES.get(metric, metric),
-                    )
-                )
+                found.append(eval_result(task, unit.lang, split, metric, value))
         return found
 
     def describe(self) -> str:

@@ -24,7 +24,7 @@ RELOAD = textwrap.dedent(
     base = AutoModelForImageTextToText.from_pretrained(base_path, trust_remote_code=True)
     model = PeftModel.from_pretrained(base, adapter).merge_and_unload().eval()
     merged = AutoModelForImageTextToText.from_pretrained(merged_dir, trust_remote_code=True).eval()
-    batch = torch.load(batch_file)
+    batch = torch.load(batch_file, weights_only=True)  # a dict of tensors: nothing to unpickle
     with torch.no_grad():
         reloaded, expected = model(**batch).logits, merged(**batch).logits
     foreign = sorted(name for name in sys.modules if name == "mblip" or name.startswith(("mblip.", "train_mblip")))

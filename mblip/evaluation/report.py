@@ -167,20 +167,23 @@ def eval_results(results_by_task: dict[str, list[dict]]) -> list[EvalResult]:
                 value = result["metrics"].get(metric)
                 if value is None or math.isnan(value):
                     continue
-                found.append(
-                    EvalResult(
-                        task_type=task.hf_task_type,
-                        task_name=task.hf_task_name,
-                        dataset_type=task.dataset_type,
-                        dataset_name=f"{task.title} ({result['language']}, {result['split']})",
-                        dataset_config=result["language"],
-                        dataset_split=result["split"],
-                        metric_type=metric,
-                        metric_value=round(float(value), 2),
-                        metric_name=METRIC_NAMES.get(metric, metric),
-                    )
-                )
+                found.append(eval_result(task, result["language"], result["split"], metric, value))
     return found
+
+
+def eval_result(task: Task, language: str, split: str, metric: str, value: float) -> EvalResult:
+    """One score as a card's `EvalResult` (`python -m eval` and validation during training build them alike)."""
+    return EvalResult(
+        task_type=task.hf_task_type,
+        task_name=task.hf_task_name,
+        dataset_type=task.dataset_type,
+        dataset_name=f"{task.title} ({language}, {split})",
+        dataset_config=language,
+        dataset_split=split,
+        metric_type=metric,
+        metric_value=round(float(value), 2),
+        metric_name=METRIC_NAMES.get(metric, metric),
+    )
 
 
 def write_reports(output_dir: Path, task: Task, model: str) -> str:
