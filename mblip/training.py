@@ -45,7 +45,7 @@ from mblip.data.storage import atomic_open, atomic_write_json
 from mblip.hub import move_into, save_model_repository, write_model_repository
 from mblip.images import ImageDecodeError, open_image
 from mblip.loading import DTYPES, get_quantization_config, resolve_dtype
-from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.modeling_mblip import IGNORE_INDEX, MBlipForConditionalGeneration
 from mblip.processing_mblip import MBlipProcessor
 from mblip.training_data import (
     ImageValueError,
@@ -602,6 +602,16 @@ class ImageFeaturesCache:
             )
         return {"encoded": len(todo) - len(failed), "cached_before": len(keys) - len(todo), "failed": failed}
 
+    def placeholder(self) -> torch.Tensor:
+        """Zeros of the shape and dtype of the cached features (for a batch none of whose images has features)."""
+        from safetensors import safe_open
+
+        if not self.shard_of:
+            raise ValueError(f"The image features cache {self.folder} holds no features: no image could be encoded")
+        key, shard = next(iter(self.shard_of.items()))
+        with safe_open(self.folder / shard, framework="pt") as f:
+            return torch.zeros_like(f.get_tensor(key))
+
     def load(self, paths: list[str]) -> list[torch.Tensor | None]:
         """The features of each image (None for one that failed to decode when the cache was built, or changed
         since)."""
@@ -749,11 +759,29 @@ class MBlipCollator:
             prompts.append(self.prompt(row))
             targets.append(target_text(get_field(row, args.target_column)))
         if not images:
-            raise RuntimeError(f"Every image of a batch of {len(rows)} rows failed to decode; see the warnings above")
+            return self.placeholder_batch(rows, failed)
         if len({isinstance(i, list) for i in images}) > 1 and all(len(i) == 1 for i in images if isinstance(i, list)):
             images = [i[0] if isinstance(i, list) else i for i in images]  # one image per row, some as a list
         side = args.prompt_truncation_side
         batch = dict(self.processor(images=images, text=prompts, text_target=targets, prompt_truncation_side=side))
+        return self.with_failures(batch, rows, failed)
+
+    def placeholder_batch(self, rows: list[dict], failed: list[int]) -> dict:
+        """The batch for rows none of which could be used: one blank row whose labels are all -100, marked with
+        PLACEHOLDER_KEY, so that the step still runs its forward and backward (under DDP every process must, or the
+        others wait forever in the gradient all-reduce) and MBlipTrainer makes it contribute exactly nothing. The
+        failed rows are counted as usual, so --max_bad_rows still decides whether the run goes on."""
+        logger.warning(
+            "None of the %d rows of a batch could be used (see the warnings above): this step trains on nothing",
+            len(rows),
+        )
+        if self.features is not None:
+            batch = dict(self.processor(text=[""], text_target=[""]))
+            batch["image_embeds"] = self.features.placeholder()[None]
+        else:
+            batch = dict(self.processor(images=[Image.new("RGB", (32, 32))], text=[""], text_target=[""]))
+        batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+        batch[PLACEHOLDER_KEY] = torch.tensor(len(rows))
         return self.with_failures(batch, rows, failed)
 
     @staticmethod
@@ -780,7 +808,7 @@ class MBlipCollator:
             prompts.append(self.prompt(row))
             targets.append(target_text(get_field(row, args.target_column)))
         if not embeds:
-            raise RuntimeError(f"No image of a batch of {len(rows)} rows has cached features; see the warnings above")
+            return self.placeholder_batch(rows, failed)
         batch = dict(
             self.processor(text=prompts, text_target=targets, prompt_truncation_side=args.prompt_truncation_side)
         )
@@ -791,6 +819,7 @@ class MBlipCollator:
 
 
 FAILED_ROWS_KEY = "mblip_failed_rows"
+PLACEHOLDER_KEY = "mblip_placeholder_for"  # a placeholder batch: the number of rows none of which decoded
 
 
 def augmentation_generator(seed: int, epoch: int, row: int) -> torch.Generator:
@@ -982,11 +1011,25 @@ class MBlipTrainer(GenerationValidationMixin, Trainer):
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
-    def compute_loss(self, model, inputs, *args, **kwargs):
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         failed = inputs.pop(FAILED_ROWS_KEY, None)  # the collator's bookkeeping, not a model input
+        placeholder_for = inputs.pop(PLACEHOLDER_KEY, None)
         if failed is not None and model.training:
             self._pending_failed = getattr(self, "_pending_failed", []) + failed.tolist()
-        return super().compute_loss(model, inputs, *args, **kwargs)
+        if placeholder_for is not None:
+            # No row of this batch could be used (MBlipCollator.placeholder_batch). The forward still runs, so that
+            # every trainable weight takes part in the backward as DDP requires, but the loss is an exact zero:
+            # the model's own loss over no labelled token would be 0/0. The step's gradients are zero, and under
+            # gradient accumulation the other micro-batches' token count is unchanged (no label counts).
+            if not model.training:
+                logger.warning(
+                    "An evaluation batch of %d rows had no usable image: eval_loss counts it as one row of loss 0",
+                    int(placeholder_for),
+                )
+            outputs = model(**inputs)
+            loss = outputs.logits.float().sum() * 0.0
+            return (loss, outputs) if return_outputs else loss
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, **kwargs)
 
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)

@@ -373,7 +373,7 @@ def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts
     import zlib
 
     from mblip.processing_mblip import MBlipProcessor
-    from mblip.training import DataArguments, MBlipCollator
+    from mblip.training import FAILED_ROWS_KEY, PLACEHOLDER_KEY, DataArguments, MBlipCollator
 
     Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp_path / "full.jpg", quality=95)
     # A PNG whose pixel data is garbage behind valid chunk checksums: verify() passes, decoding fails.
@@ -394,8 +394,11 @@ def test_an_image_that_fails_to_decode_in_training_is_skipped_not_replaced(parts
         ]
     )
     assert batch["pixel_values"].shape[0] == 1 and collator.failures == 1
-    with pytest.raises(RuntimeError, match="Every image of a batch of 1 rows failed to decode"):
-        collator([{"image_id": "truncated.jpg", "context": "a", "label": "b"}])
+    # A batch none of whose images decodes becomes one placeholder row without a labelled token (MBlipTrainer gives it
+    # a loss of exactly zero; tests/test_train_resume.py trains through such steps).
+    batch = collator([{"image_id": "truncated.jpg", "context": "a", "label": "b", "_row": 5}])
+    assert int(batch[PLACEHOLDER_KEY]) == 1 and batch[FAILED_ROWS_KEY].tolist() == [5] and collator.failures == 2
+    assert batch["pixel_values"].shape[0] == 1 and (batch["labels"] == -100).all()
 
 
 @pytest.mark.parametrize(
@@ -602,6 +605,10 @@ def test_image_features_cache_resumes_refuses_another_vit_and_skips_undecodable_
     pair = collator([{"image_id": ["green.png", "blue.png"], "context": "a", "label": "b"}])
     assert pair["image_embeds"].shape[:2] == (1, 2)
     assert model(**pair).loss.isfinite()
+    # A batch with no cached image becomes one zero placeholder of the features' shape, without a labelled token.
+    empty = collator([{"image_id": "broken.png", "context": "a", "label": "b"}])
+    assert empty["image_embeds"].shape == (1, *expected.shape) and not empty["image_embeds"].any()
+    assert (empty["labels"] == -100).all() and int(empty[train_mblip.PLACEHOLDER_KEY]) == 1
     # Another ViT (or other preprocessing) must not reuse these features.
     with torch.no_grad():
         model.vision_model.post_layernorm.bias.add_(1.0)

@@ -2,6 +2,7 @@
 and odd rows that must not end a run (issue 15). Tiny parts, a few steps each."""
 
 import json
+import math
 import shutil
 import struct
 import zlib
@@ -15,6 +16,7 @@ from transformers import TrainerCallback
 
 from mblip import training as train_mblip
 from mblip.modeling_mblip import MBlipForConditionalGeneration
+from mblip.training import FAILED_ROWS_KEY, PLACEHOLDER_KEY
 
 
 # ruff: noqa: F811  (the `parts` fixture, imported from test_train_mblip, is an argument of every test)
@@ -202,6 +204,29 @@ def test_decode_failures_count_each_row_once_and_are_bounded(parts, tmp_path, tr
     assert report["decode_failures"] == 3 and report["decode_failure_rows"] == [8, 9, 10]
     with pytest.raises(ValueError, match=r"3 of 11 training rows \(27.3%\) are unusable, more than --max_bad_rows"):
         train_mblip.main(cli(parts, tmp_path / "strict", "--max_bad_rows", "0.2", train_file=truncated_data))
+
+
+def test_a_batch_with_no_usable_image_trains_on_nothing(parts, tmp_path, truncated_data):
+    # Batch size 1: each of the 3 truncated rows makes a batch none of whose images decodes. Such a step runs the model
+    # on a placeholder row without a labelled token (so that DDP's processes stay in step) and adds exactly zero.
+    extra = ["--per_device_train_batch_size", "1", "--max_bad_rows", "0.5", "--max_steps", "11", "--logging_steps", "1"]
+    trainer, report = train_mblip.main(cli(parts, tmp_path / "run", *extra, train_file=truncated_data))
+    assert trainer.state.global_step == 11 and report["decode_failures"] == 3
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 11 and losses.count(0.0) == 3 and all(math.isfinite(loss) for loss in losses), losses
+
+    batch = trainer.data_collator([{"image_id": "t1.png", "context": "c", "label": "x", "_row": 8}])
+    assert int(batch[PLACEHOLDER_KEY]) == 1 and batch[FAILED_ROWS_KEY].tolist() == [8]
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(batch))
+    assert loss.item() == 0.0
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(g is not None and not g.any() for g in grads.values()), [
+        n for n, g in grads.items() if g is None
+    ]
 
 
 def test_one_odd_line_or_row_does_not_end_the_run(parts, tmp_path):

@@ -144,3 +144,16 @@ def test_two_processes_past_max_bad_rows_stop_together_with_the_error(parts, tmp
     assert rank0["step"] == rank1["step"] == 1
     assert sorted(rank0["failed"]) == [9] and sorted(rank1["failed"]) == [8, 10]
     assert not (tmp_path / "strict" / "config.json").exists()
+
+
+def test_two_processes_step_through_batches_with_no_usable_image(parts, tmp_path, truncated_data):
+    # Batch size 1: every truncated row is a batch none of whose images decodes, on one process while the other has a
+    # usable row. The empty side still runs a forward and backward (on a placeholder that adds zero), so the gradient
+    # all-reduce finds both processes and the run ends normally instead of stopping or hanging.
+    extra = ["--per_device_train_batch_size", "1", "--max_steps", "6", "--max_bad_rows", "0.5"]
+    result, (rank0, rank1) = launch(parts, tmp_path, truncated_data, "single", *extra)
+    assert result.returncode == 0, logs(result)
+    assert sorted(set(rank0["failed"] + rank1["failed"])) == [8, 9, 10], (rank0["by_step"], rank1["by_step"])
+    assert rank0["decode_failures"] == rank1["decode_failures"] == 3
+    state = json.loads((tmp_path / "single" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
