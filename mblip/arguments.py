@@ -16,16 +16,18 @@ Usage (every script):
 
     model_args, data_args = parse_args((ModelArguments, DataArguments), argv)
 
-or, to keep the parser for `parser.error`, `MBlipArgumentParser(types, **kwargs).parse_command_line(argv)`.
+or, to keep the parser for `parser.error`, `MBlipArgumentParser(types, **kwargs).parse_command_line(argv)`. A command
+whose user errors should end in a message and exit status 2 returns `run_command(lambda: ..., logger)`.
 """
 
 import difflib
 import json
+import logging
 import re
 import sys
 import typing
 from argparse import Action, ArgumentDefaultsHelpFormatter, RawDescriptionHelpFormatter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -243,3 +245,20 @@ def parse_args(dataclass_types: Any | Iterable[Any], argv: Sequence[str] | None 
     go to `HfArgumentParser` (prog, description, formatter_class: `HelpFormatter` unless given).
     """
     return MBlipArgumentParser(dataclass_types, **parser_kwargs).parse_command_line(argv)
+
+
+def run_command(
+    command: Callable[[], object], logger: logging.Logger, user_errors=(ValueError,), level: int = logging.INFO
+) -> int:
+    """A command line's exit status: 0 when `command()` (parsing included) returns, 2 (argparse's status for a bad
+    command line) when it raises one of `user_errors`. Those errors (a bad option, a missing or malformed input) are
+    the user's to fix: they get their message, through `logger`, not a traceback; the traceback stays available at
+    debug level. Logging first goes to stderr at `level`, in the format of the toolkit's command lines."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    try:
+        command()
+    except user_errors as error:
+        logger.error("%s", error)
+        logger.debug("Traceback:", exc_info=True)
+        return 2
+    return 0

@@ -31,32 +31,30 @@ CHILD_PRELOAD = ["torch", "transformers", "peft", "datasets", "mblip.modeling_mb
 
 
 # ---------------------------------------------------------------------------------------------------- shapes
+# The recipes (special-token ids, no dropout, each family's conventions) are demo/tiny.py's; only the sizes are here.
 def vision_configs(size: str):
     """The ViT and Q-Former shapes: tiny (tests), cpu (each measurement ~0.1-2 s on 2 cores), full (BLIP-2 ViT-g)."""
     from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
-    if size == "tiny":
-        from mblip.demo.tiny import tiny_qformer_config, tiny_vision_config
+    from mblip.demo.tiny import qformer_config, tiny_qformer_config, tiny_vision_config, vit_config
 
+    if size == "tiny":
         return tiny_vision_config(), tiny_qformer_config(), 4
     if size == "cpu":
-        vision = Blip2VisionConfig(
+        vision = vit_config(
             hidden_size=256,
             intermediate_size=1024,
             num_hidden_layers=4,
             num_attention_heads=4,
             image_size=224,
             patch_size=16,
-            attention_dropout=0.0,
         )
-        qformer = Blip2QFormerConfig(
+        qformer = qformer_config(
             hidden_size=128,
             intermediate_size=512,
             num_hidden_layers=2,
             num_attention_heads=4,
             cross_attention_frequency=2,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
         )
         return vision, qformer, 32
     if size == "full":
@@ -65,55 +63,35 @@ def vision_configs(size: str):
     raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
 
 
-def text_config(family: str, size: str, vocab_size: int):
-    """The LLM: tiny (demo.tiny), cpu (hidden 384, 4 layers, a 32k vocabulary so that the output layer weighs as in
-    real models), full (mT0-XL, BLOOMZ-7B1, Llama-2-7B shapes)."""
-    from transformers import BloomConfig, LlamaConfig, MT5Config
+# The cpu size's LLMs, in each family's own parameter names (see demo.tiny.llm_config).
+_CPU_LLM_SHAPES = {
+    "mt5": dict(d_model=256, d_kv=64, d_ff=640, num_layers=2, num_decoder_layers=2, num_heads=4),
+    "bloom": dict(hidden_size=384, n_layer=4, n_head=6),
+    "llama": dict(
+        hidden_size=384,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    ),
+}
 
-    from mblip.demo.tiny import BOS, EOS, PAD, tiny_text_config
+
+def text_config(family: str, size: str, vocab_size: int):
+    """The LLM: tiny (demo.tiny), cpu (_CPU_LLM_SHAPES: bloom and llama hidden 384 and 4 layers, mt5 d_model 256 and
+    2+2 layers; a 16k vocabulary, so that the output layer weighs in a step as in real models), full (mT0-XL,
+    BLOOMZ-7B1, Llama-2-7B shapes)."""
+    from transformers import MT5Config
+
+    from mblip.demo.tiny import llm_config, tiny_text_config
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
     if size == "tiny":
         return tiny_text_config(family, vocab_size)
-    common = dict(pad_token_id=PAD, eos_token_id=EOS)
     if size == "cpu":
-        common["vocab_size"] = 16000
-        if family == "mt5":
-            return MT5Config(
-                d_model=256,
-                d_kv=64,
-                d_ff=640,
-                num_layers=2,
-                num_decoder_layers=2,
-                num_heads=4,
-                dropout_rate=0.0,
-                feed_forward_proj="gated-gelu",
-                tie_word_embeddings=False,
-                decoder_start_token_id=PAD,
-                **common,
-            )
-        if family == "bloom":
-            return BloomConfig(
-                hidden_size=384,
-                n_layer=4,
-                n_head=6,
-                hidden_dropout=0.0,
-                attention_dropout=0.0,
-                bos_token_id=BOS,
-                **common,
-            )
-        return LlamaConfig(
-            hidden_size=384,
-            intermediate_size=1024,
-            num_hidden_layers=4,
-            num_attention_heads=6,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            bos_token_id=BOS,
-            tie_word_embeddings=False,
-            **common,
-        )
+        return llm_config(family, 16000, **_CPU_LLM_SHAPES[family])
     if size == "full":
         if family == "mt5":
             from mblip.configuration_mblip import MT0_XL_TEXT_CONFIG
@@ -121,16 +99,15 @@ def text_config(family: str, size: str, vocab_size: int):
             config = {k: v for k, v in MT0_XL_TEXT_CONFIG.items() if k != "model_type"}
             return MT5Config(**{**config, "dropout_rate": 0.0})
         if family == "bloom":  # bigscience/bloomz-7b1
-            return BloomConfig(vocab_size=250880, hidden_size=4096, n_layer=30, n_head=32, bos_token_id=BOS, **common)
-        return LlamaConfig(
-            vocab_size=32000,
+            return llm_config("bloom", 250880, hidden_size=4096, n_layer=30, n_head=32)
+        return llm_config(  # meta-llama/Llama-2-7b-hf
+            "llama",
+            32000,
             hidden_size=4096,
             intermediate_size=11008,
             num_hidden_layers=32,
             num_attention_heads=32,
             num_key_value_heads=32,
-            bos_token_id=BOS,
-            **common,
         )
     raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
 

@@ -56,7 +56,7 @@ def build_pair(family: str, size: str, device="cpu", llm_dtype="float32", seed=0
     """
     from transformers import Blip2Processor
 
-    from mblip.demo.tiny import tiny_image_processor, tiny_tokenizer
+    from mblip.demo.tiny import square_image_processor, tiny_tokenizer
     from mblip.modeling_mblip import MBlipForConditionalGeneration
     from mblip.processing_mblip import MBlipProcessor
 
@@ -80,12 +80,7 @@ def build_pair(family: str, size: str, device="cpu", llm_dtype="float32", seed=0
         quantize_llm(model, bits=8 if llm_dtype == "int8" else 4, device=device)
     model.eval()
 
-    size_px = image_size(config)
-    from transformers import BlipImageProcessor
-
-    image_processor = (
-        tiny_image_processor() if size == "tiny" else BlipImageProcessor(size={"height": size_px, "width": size_px})
-    )
+    image_processor = square_image_processor(image_size(config))
     processor = MBlipProcessor.for_model_config(config, image_processor, tokenizer)
     blip2_tokenizer = copy.deepcopy(processor.tokenizer)
     blip2_processor = Blip2Processor(image_processor, blip2_tokenizer, num_query_tokens=config.num_query_tokens)

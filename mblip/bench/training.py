@@ -278,21 +278,22 @@ def _probe_class():
                 self._peak_context = peak_memory(self.device)
                 self._peak = self._peak_context.__enter__()
 
-        def on_step_begin(self, args, state, control, **kwargs):
+        def _stamp(self, times: list[float]):
+            """Append the time at which the device has finished its queued work (CUDA kernels run asynchronously)."""
             sync(self.device)
-            self.step_begin.append(time.perf_counter())
+            times.append(time.perf_counter())
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._stamp(self.step_begin)
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            sync(self.device)
-            self.optimizer_begin.append(time.perf_counter())
+            self._stamp(self.optimizer_begin)
 
         def on_optimizer_step(self, args, state, control, **kwargs):
-            sync(self.device)
-            self.optimizer_end.append(time.perf_counter())
+            self._stamp(self.optimizer_end)
 
         def on_step_end(self, args, state, control, **kwargs):
-            sync(self.device)
-            self.step_end.append(time.perf_counter())
+            self._stamp(self.step_end)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
@@ -393,6 +394,18 @@ def trained_settings(trainer, quantization: str | None, augment: bool, max_lengt
     }
 
 
+def _assets_argv(assets: dict) -> list[str]:
+    """train_mblip.py's flags for the starting model and the training data that `prepare` wrote."""
+    return [
+        "--model_name_or_path",
+        assets["mblip"],
+        "--train_file",
+        assets["train_file"],
+        "--image_root",
+        assets["image_root"],
+    ]
+
+
 def _defaults_argv(spec: dict, output_dir: str) -> list[str]:
     """train_mblip.py with its defaults (the official recipe): only the data, the run's shape and the setting's LLM
     quantization are given. One optimizer step per batch (the recipe accumulates 16): the probe times optimizer steps,
@@ -409,14 +422,7 @@ def _defaults_argv(spec: dict, output_dir: str) -> list[str]:
         "seed": spec["seed"],
         "disable_tqdm": "true",
     }
-    argv = [
-        "--model_name_or_path",
-        spec["assets"]["mblip"],
-        "--train_file",
-        spec["assets"]["train_file"],
-        "--image_root",
-        spec["assets"]["image_root"],
-    ]
+    argv = _assets_argv(spec["assets"])
     for key, value in shape.items():
         argv += [f"--{key}", str(value)]
     if spec["quantization"] == "int4":
@@ -445,12 +451,7 @@ def mblip_side(spec: dict) -> dict:
         return result
     args = _common_training_args(spec, output_dir)
     argv = [
-        "--model_name_or_path",
-        spec["assets"]["mblip"],
-        "--train_file",
-        spec["assets"]["train_file"],
-        "--image_root",
-        spec["assets"]["image_root"],
+        *_assets_argv(spec["assets"]),
         "--lora_r",
         str(LORA["r"]),
         "--lora_alpha",

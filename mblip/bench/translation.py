@@ -192,8 +192,6 @@ def markdown(results: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- engines
-ENGINE_GOAL = 3.0  # issue 19: CTranslate2 >= 3x the transformers engine's sentences/s ...
-ENGINE_IDENTICAL_SHARE = 0.99  # ... with float32 outputs identical on at least 99 % of sentences
 # A first differing token whose two logits are this close (relative to the logits' spread) is a tie; so is one whose
 # gap is within the two engines' own disagreement on the sentences they translate identically (engine_disagreement).
 NEAR_TIE = 1e-3
@@ -365,20 +363,6 @@ def run_engines(
         machine=machine(device),
     )
     return result
-
-
-def engine_verdict(result: dict) -> str:
-    """Issue 19's goal for the first (float32) compute type."""
-    checked = result["compute_types"][result["checked_compute_type"]]
-    n = result["setup"]["n_sentences"]
-    reasons = []
-    if checked["speedup_per_round"]["median"] < ENGINE_GOAL:
-        reasons.append(f"{checked['speedup_per_round']['median']:.2f}x < {ENGINE_GOAL:.0f}x")
-    if checked["n_identical"] < ENGINE_IDENTICAL_SHARE * n:
-        reasons.append(f"{checked['n_identical']}/{n} identical")
-    elif checked["n_identical"] < n and not result["near_ties"]:
-        reasons.append("a differing output is not a near-tie")
-    return "not met: " + ", ".join(reasons) if reasons else "met"
 
 
 def markdown_engines(results: list[dict]) -> str:

@@ -80,6 +80,7 @@ from typing import Any
 from mblip.outputs import atomic_open, atomic_write_json
 
 from ..arguments import parse_args as parse_arguments
+from ..arguments import run_command
 from ..evaluation.tasks.base import find_annotation_file
 from ..evaluation.tasks.marvl import MaRVL
 from ..evaluation.tasks.xgqa import XGQA
@@ -602,16 +603,12 @@ def parse_args(argv: Sequence[str] | None = None) -> FinetuneDataArguments:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    def convert_from_command_line() -> None:
         args = parse_args(argv)
         convert(args.task, args.input, args.image_root, args.output, args.max_bad_rows, args.seed, args.progress)
-    except (ValueError, FileNotFoundError) as error:
-        # User errors (a bad option, a missing file, too many bad rows) get their message, not a traceback.
-        logger.error("%s", error)
-        logger.debug("Traceback:", exc_info=True)
-        return 2
-    return 0
+
+    # A missing input file is the user's to fix too (too many bad rows and bad options are ValueErrors).
+    return run_command(convert_from_command_line, logger, user_errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -384,19 +384,15 @@ def mine_hard_negatives(args: HardNegativeArguments, encoder: ClipEncoder | None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mblip.arguments import parse_args
+    from mblip.arguments import parse_args, run_command
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
+    def mine() -> None:
         (args,) = parse_args(
             (HardNegativeArguments,), argv, prog="python -m mblip.data.hard_negatives", description=__doc__
         )
         mine_hard_negatives(args)
-    except ValueError as error:
-        logger.error("%s", error)
-        logger.debug("Traceback:", exc_info=True)
-        return 2
-    return 0
+
+    return run_command(mine, logger)
 
 
 if __name__ == "__main__":

@@ -1370,21 +1370,12 @@ def parse_args(argv: Sequence[str] | None = None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    state = _partial_state()
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if state.is_local_main_process else logging.WARNING,
-    )
-    try:
-        args = parse_args(argv)
-        build_task_mix(*args)
-    except ValueError as error:
-        # User errors (bad option, unknown language, too many malformed rows) get their message, not a traceback;
-        # the traceback stays available at debug level.
-        logger.error("%s", error)
-        logger.debug("Traceback:", exc_info=True)
-        return 2
-    return 0
+    from mblip.arguments import run_command
+
+    # One progress log, from the main process; the others only warn. An unknown language or too many malformed rows
+    # is a ValueError, the user's to fix, like a bad option.
+    level = logging.INFO if _partial_state().is_local_main_process else logging.WARNING
+    return run_command(lambda: build_task_mix(*parse_args(argv)), logger, level=level)
 
 
 if __name__ == "__main__":

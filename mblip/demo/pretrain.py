@@ -37,7 +37,8 @@ from mblip.modeling_mblip import MBlipForConditionalGeneration
 from mblip.outputs import atomic_write_json
 from mblip.processing_mblip import MBlipProcessor
 
-from .tiny import BOS, EOS, PAD
+from . import tiny
+from .tiny import PAD
 from .world import COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, Scene, image_name
 
 
@@ -65,44 +66,28 @@ PRE_TOKENS = rf"[{_CJK}]| ?[^\s{_CJK}]+|\s+"
 def train_tokenizer(texts: list[str], vocab_size: int, family: str) -> PreTrainedTokenizerFast:
     """demo/tiny.py's byte-level BPE recipe on the demo's own text, with the pre-tokenization above: <pad>=0 </s>=1
     <s>=2 <unk>=3; Llama's tokenizer prepends <s>, BLOOM's adds nothing."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, pre_tokenizers
 
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+    pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRE_TOKENS), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    if family == "llama":
-        tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
-    else:
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", bos_token="<s>", unk_token="<unk>"
-    )
+    return tiny.bpe_tokenizer(texts, vocab_size, family, pre_tokenizer)
 
 
 def vision_config() -> Blip2VisionConfig:
     # 48 px images in 16 px patches: each slot of a scene is one patch (see world.SLOT_CENTRES). BLIP-2's default
     # initializer_range (1e-10) suits loading released weights, not training from scratch: the ViT would start as a
     # constant function that captioning gradients hardly move.
-    return Blip2VisionConfig(
+    return tiny.vit_config(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         image_size=IMAGE_SIZE,
         patch_size=16,
-        attention_dropout=0.0,
         initializer_range=0.02,
     )
 
@@ -110,13 +95,11 @@ def vision_config() -> Blip2VisionConfig:
 def qformer_config() -> Blip2QFormerConfig:
     # A larger initializer_range than BLIP-2's 0.02 makes the queries' cross-attention to the patches selective from
     # the start; measured here, representation learning then converges in about half the steps.
-    return Blip2QFormerConfig(
+    return tiny.qformer_config(
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         cross_attention_frequency=1,
         vocab_size=64,
         max_position_embeddings=64,
@@ -125,38 +108,26 @@ def qformer_config() -> Blip2QFormerConfig:
 
 
 def image_processor() -> BlipImageProcessor:
-    return BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return tiny.square_image_processor(IMAGE_SIZE)
 
 
 def english_lm_config(vocab_size: int, hidden_size: int = 128) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
+    return tiny.llm_config(
+        "llama",
+        vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
         max_position_embeddings=128,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=BOS,
         tie_word_embeddings=True,
     )
 
 
 def multilingual_lm_config(vocab_size: int) -> BloomConfig:
     # A hidden size that is a multiple of 64 keeps bitsandbytes' blockwise quantization exact on whole blocks.
-    return BloomConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        n_layer=3,
-        n_head=4,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        bos_token_id=BOS,
-    )
+    return tiny.llm_config("bloom", vocab_size, hidden_size=128, n_layer=3, n_head=4)
 
 
 # ================================================================================================ training loop
