@@ -20,7 +20,11 @@ twice that. Change the limit with the environment variable MBLIP_MAX_IMAGE_PIXEL
 data-loading worker processes too; "none" turns the check off) or `set_max_image_pixels(n)`.
 
 `check_image` is the cheap up-front check of training's data pass: the file exists, its header parses, it is within
-the pixel limit, and its structure verifies (PIL's `verify`), all without decoding pixels.
+the pixel limit, and its structure verifies (PIL's `verify`), all without decoding pixels. `check_files` is what that
+pass (mblip/training_data.py) runs per image file, in its worker processes: each file's `check_kind` with its
+`file_stamp`, the (size, mtime_ns, ctime_ns) its cached verdict holds for. This module imports only the standard
+library and PIL (the `mblip` package's __init__ still imports transformers and the model classes: see
+`mblip.training_data.check_pool_context` for how the workers avoid paying for that).
 """
 
 from __future__ import annotations
@@ -202,3 +206,36 @@ def check_image(source) -> None:
         except DECODE_ERRORS as err:
             reason, kind = _reason(err)
             raise ImageDecodeError(name, reason, kind) from err
+
+
+# ------------------------------------------------------------------------------------------------ checking files
+NO_STAMP = (-1, -1, -1)  # the stamp of a file that cannot be stat'ed (missing), and of an embedded image
+
+
+def file_stamp(path) -> tuple[int, int, int]:
+    """(size, mtime_ns, ctime_ns) of an image file, NO_STAMP if it cannot be stat'ed: what a cached verdict about the
+    file holds for. ctime also moves with chmod/chown (a permission fix) and with copies that restore the mtime."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return NO_STAMP
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+
+
+def check_kind(source) -> str:
+    """'' for an image that passes `check_image`, else the `kind` of its `ImageDecodeError`."""
+    try:
+        check_image(source)
+    except ImageDecodeError as err:
+        return err.kind
+    return ""
+
+
+def check_files(paths: list[str]) -> list[tuple[str, tuple[int, int, int]]]:
+    """Per path, (its `check_kind`, its `file_stamp`): training's data check of image files, a chunk at a time (the
+    function its worker processes run)."""
+    results = []
+    for path in paths:
+        stamp = file_stamp(path)  # first: a file that changes during its check is checked again by the next run
+        results.append((check_kind(path), stamp))
+    return results

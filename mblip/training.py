@@ -465,14 +465,6 @@ def image_paths(value, image_root: str) -> list[str]:
     return [os.path.join(image_root, str(v)) for v in values]
 
 
-# The data check's reason for each kind of ImageDecodeError (mblip/images.py).
-IMAGE_PROBLEMS = {
-    "missing": "missing image",
-    "too_large": "image over the pixel limit",
-    "unreadable": "unreadable image",
-}
-
-
 def find_problem(row: dict, data_args: DataArguments) -> str:
     """'' for a usable row, else the reason it cannot be trained on (mblip/training_data.py's check of one row)."""
     from mblip.training_data import row_problem

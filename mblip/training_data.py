@@ -35,7 +35,9 @@ import glob
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -50,7 +52,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from mblip.data.storage import atomic_open, atomic_write_json
-from mblip.images import ImageDecodeError, check_image
+from mblip.images import NO_STAMP, check_files, check_kind, file_stamp
 
 
 logger = logging.getLogger("train_mblip")
@@ -312,26 +314,14 @@ def is_embedded(key: str) -> bool:
     return key.startswith(("sha1:", "pil-sha1:"))
 
 
-NO_STAMP = (-1, -1, -1)  # the stamp of a file that cannot be stat'ed (missing), and of an embedded image
-
-
-def file_stamp(path) -> tuple[int, int, int]:
-    """(size, mtime_ns, ctime_ns) of an image file, NO_STAMP if it cannot be stat'ed: what a cached verdict about the
-    file holds for. ctime also moves with chmod/chown (a permission fix) and with copies that restore the mtime."""
-    try:
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return NO_STAMP
-    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
+def image_problem(kind: str) -> str:
+    """The data check's reason for an `ImageDecodeError.kind` ('' for none: the image passed)."""
+    return IMAGE_PROBLEMS.get(kind, IMAGE_PROBLEMS["unreadable"]) if kind else ""
 
 
 def check_source(source) -> str:
     """'' for an image that passes `check_image`, else the reason."""
-    try:
-        check_image(source)
-    except ImageDecodeError as err:
-        return IMAGE_PROBLEMS.get(err.kind, IMAGE_PROBLEMS["unreadable"])
-    return ""
+    return image_problem(check_kind(source))
 
 
 def target_problem(target) -> str:
@@ -441,13 +431,19 @@ def _check_batch(batch: dict, indices: list[int], data_args, assigned: dict) -> 
     return {"_checked": results}
 
 
-def _check_path(path: str) -> tuple[str, tuple[int, int, int]]:
-    stamp = file_stamp(path)  # first: a file that changes during its check is checked again by the next run
-    return check_source(path), stamp
+def check_pool_context():
+    """How the image check's worker processes start: forked where the platform forks safely (not macOS, whose system
+    libraries are not fork-safe, nor Windows, which cannot), else the default (None).
 
-
-def _check_paths(paths: list[str]) -> list[tuple]:
-    return [_check_path(p) for p in paths]
+    The workers run `mblip.images.check_files`, which needs only PIL; but a worker that is not forked (spawn, or a
+    fork server: Linux's default from Python 3.14, and what the bench's child processes use) must import the `mblip`
+    package to find it, and mblip/__init__.py imports transformers and the model classes (torch): 10-14 s per worker
+    on 2 cores, 30-40 s to start a pool of two, against 0.1 s forked. Forking is safe here even from a process with
+    threads (pyarrow's, tokenizers', torch's): a worker only stats files and parses image files with PIL, so it never
+    enters a library whose lock another thread may hold at the fork (CPython and glibc reset their own)."""
+    if sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return None
 
 
 def check_cache_path(dataset, data_args, split: str) -> Path | None:
@@ -654,10 +650,11 @@ def _check_uncached(dataset, data_args, split: str, known: dict | None = None):
         if workers > 1 and len(todo) >= PARALLEL_FROM:
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(workers) as pool:
-                results = [r for part in pool.map(_check_paths, chunks) for r in part]
+            with ProcessPoolExecutor(workers, mp_context=check_pool_context()) as pool:
+                parts = list(pool.map(check_files, chunks))
         else:
-            results = [r for part in map(_check_paths, chunks) for r in part]
+            parts = list(map(check_files, chunks))
+        results = ((image_problem(kind), stamp) for part in parts for kind, stamp in part)
         checked = {k: (r, repr(k) if r else "", stamp) for k, (r, stamp) in zip(todo, results)}
     elif todo:
         assigned = {}

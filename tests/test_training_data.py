@@ -5,6 +5,7 @@ cache."""
 
 import io
 import json
+import multiprocessing
 import os
 import subprocess
 import tarfile
@@ -17,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_train_mblip import COLOURS, GERMAN, Kill, cli
 
+from mblip import images as mblip_images
 from mblip import training as train_mblip
 from mblip import training_data
 from mblip.processing_mblip import MBlipProcessor
@@ -235,8 +237,8 @@ def test_each_distinct_image_is_checked_once_and_the_check_is_cached(parts, tmp_
     rows.append({"image_id": "missing.png", "context": "x", "label": "y"})
     write_jsonl(tmp_path / "many.jsonl", rows)
     checked = []
-    real = training_data.check_image
-    monkeypatch.setattr(training_data, "check_image", lambda source: (checked.append(source), real(source))[1])
+    real = mblip_images.check_image  # the one check, which the data check calls
+    monkeypatch.setattr(mblip_images, "check_image", lambda source: (checked.append(source), real(source))[1])
     args = data_args(
         train_file=str(tmp_path / "many.jsonl"),
         image_root=str(parts / "images"),
@@ -267,8 +269,8 @@ def copied_images(parts, folder):
 def counted_checks(monkeypatch) -> list:
     """The sources the data check opens from now on (the real check runs)."""
     checked = []
-    real = training_data.check_image
-    monkeypatch.setattr(training_data, "check_image", lambda source: (checked.append(source), real(source))[1])
+    real = mblip_images.check_image
+    monkeypatch.setattr(mblip_images, "check_image", lambda source: (checked.append(source), real(source))[1])
     return checked
 
 
@@ -317,6 +319,30 @@ def test_a_cached_ok_image_truncated_in_place_is_checked_again_and_counted(parts
     assert report["by_reason"] == {"unreadable image": 2}, report
     assert {e["row"] for e in report["examples"]} == {0, 1} and "red.png" in report["examples"][0]["image"]
     assert 0 not in kept["_row"] and 1 not in kept["_row"] and len(kept) == 6
+
+
+def test_the_image_check_forks_its_workers_even_where_processes_are_spawned(tmp_path, monkeypatch):
+    """Started any other way (spawn, a fork server: Python 3.14's default), each worker would import the mblip package
+    (transformers, torch) before checking an image: 10-40 s on 2 cores, against 0.1 s forked."""
+    if training_data.check_pool_context() is None:
+        pytest.skip("this platform does not fork safely")
+    names = [f"{i}.png" for i in range(4)]
+    for name in names:
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    dataset = datasets.Dataset.from_dict({"image_id": names, "label": ["x"] * len(names)})
+    args = data_args(
+        train_file="x.jsonl", image_root=str(tmp_path), prompt_column="", preprocessing_num_workers=2, max_bad_rows=0.5
+    )
+    monkeypatch.setattr(training_data, "PARALLEL_FROM", 1)
+    # Forked workers inherit this stand-in check; spawned ones would run the real one, which passes every image.
+    monkeypatch.setattr(mblip_images, "check_kind", lambda path: "unreadable" if path.endswith("0.png") else "")
+    default = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        _, report = training_data.check_split(dataset, args, "train")
+    finally:
+        multiprocessing.set_start_method(default, force=True)
+    assert report["by_reason"] == {"unreadable image": 1}, report
 
 
 def test_the_features_cache_keys_embedded_images_by_content(parts, tmp_path):
