@@ -51,6 +51,7 @@ from mblip.training_data import (
     ImageValueError,
     describe,
     file_stamp,
+    fork_start_method,
     get_field,
     image_key,
     image_sources,
@@ -1253,6 +1254,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: MBl
             "--augment with --dataloader_persistent_workers: persistent workers keep the epoch they started in, so "
             "every epoch would crop each row alike. Drop one of the two."
         )
+
+    if training_args.dataloader_num_workers > 0 and training_args.dataloader_multiprocessing_context is None:
+        # Data-loading workers start as every PyTorch DataLoader's did on Linux before Python 3.14: forked, in
+        # milliseconds. Under a fork server (3.14's default) or spawn each worker imports torch, transformers and this
+        # package before its first batch, 13 s for two workers on 2 cores (BENCHMARKS.md, data_scale), and with
+        # --augment (no persistent workers) again at every epoch. Not a run setting: resuming ignores it.
+        training_args.dataloader_multiprocessing_context = fork_start_method()
 
     # ---- resume: only complete checkpoints count, and only of the same run (mblip/checkpoints.py)
     output_dir, is_main = training_args.output_dir, PartialState().is_main_process

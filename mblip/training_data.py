@@ -431,9 +431,14 @@ def _check_batch(batch: dict, indices: list[int], data_args, assigned: dict) -> 
     return {"_checked": results}
 
 
+def fork_start_method() -> str | None:
+    """'fork' where the platform forks safely (not macOS, whose system libraries are not fork-safe, nor Windows, which
+    cannot), else None (the default start method)."""
+    return "fork" if sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods() else None
+
+
 def check_pool_context():
-    """How the image check's worker processes start: forked where the platform forks safely (not macOS, whose system
-    libraries are not fork-safe, nor Windows, which cannot), else the default (None).
+    """How the image check's worker processes start: forked where fork_start_method allows, else the default (None).
 
     The workers run `mblip.images.check_files`, which needs only PIL; but a worker that is not forked (spawn, or a
     fork server: Linux's default from Python 3.14, and what the bench's child processes use) must import the `mblip`
@@ -441,9 +446,8 @@ def check_pool_context():
     on 2 cores, 30-40 s to start a pool of two, against 0.1 s forked. Forking is safe here even from a process with
     threads (pyarrow's, tokenizers', torch's): a worker only stats files and parses image files with PIL, so it never
     enters a library whose lock another thread may hold at the fork (CPython and glibc reset their own)."""
-    if sys.platform != "darwin" and "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return None
+    method = fork_start_method()
+    return multiprocessing.get_context(method) if method else None
 
 
 def check_cache_path(dataset, data_args, split: str) -> Path | None:

@@ -202,6 +202,10 @@ def test_decode_failures_count_each_row_once_and_are_bounded(parts, tmp_path, tr
     trainer, report = train_mblip.main(cli(parts, tmp_path / "lenient", *extra, train_file=truncated_data))
     assert trainer.state.global_step == 6  # 11 rows, 4 a step, 2 epochs
     assert report["decode_failures"] == 3 and report["decode_failure_rows"] == [8, 9, 10]
+    # Workers are forked (Linux), not started by Python 3.14's fork server, which would import torch in each.
+    loader = trainer.get_train_dataloader()
+    context = loader.multiprocessing_context
+    assert (context.get_start_method() if context else None) == ("fork" if workers == "1" else None)
     with pytest.raises(ValueError, match=r"3 of 11 training rows \(27.3%\) are unusable, more than --max_bad_rows"):
         train_mblip.main(cli(parts, tmp_path / "strict", "--max_bad_rows", "0.2", train_file=truncated_data))
 
