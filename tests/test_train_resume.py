@@ -214,8 +214,12 @@ def test_a_batch_with_no_usable_image_trains_on_nothing(parts, tmp_path, truncat
     # Batch size 1: each of the 3 truncated rows makes a batch none of whose images decodes. Such a step runs the model
     # on a placeholder row without a labelled token (so that DDP's processes stay in step) and adds exactly zero.
     extra = ["--per_device_train_batch_size", "1", "--max_bad_rows", "0.5", "--max_steps", "11", "--logging_steps", "1"]
+    extra += ["--validation_file", str(truncated_data), "--per_device_eval_batch_size", "1", "--eval_strategy", "steps"]
+    extra += ["--eval_steps", "11"]
     trainer, report = train_mblip.main(cli(parts, tmp_path / "run", *extra, train_file=truncated_data))
     assert trainer.state.global_step == 11 and report["decode_failures"] == 3
+    # Evaluation steps through such batches too (each counts as one row of loss 0, with a warning).
+    assert math.isfinite(next(entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 11 and losses.count(0.0) == 3 and all(math.isfinite(loss) for loss in losses), losses
 
