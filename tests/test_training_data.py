@@ -236,9 +236,7 @@ def test_each_distinct_image_is_checked_once_and_the_check_is_cached(parts, tmp_
     rows = rows_of(parts) * 3  # 24 rows over 4 images, one missing
     rows.append({"image_id": "missing.png", "context": "x", "label": "y"})
     write_jsonl(tmp_path / "many.jsonl", rows)
-    checked = []
-    real = mblip_images.check_image  # the one check, which the data check calls
-    monkeypatch.setattr(mblip_images, "check_image", lambda source: (checked.append(source), real(source))[1])
+    checked = counted_checks(monkeypatch)
     args = data_args(
         train_file=str(tmp_path / "many.jsonl"),
         image_root=str(parts / "images"),
@@ -274,15 +272,20 @@ def counted_checks(monkeypatch) -> list:
     return checked
 
 
-def test_a_restored_missing_image_is_checked_again_and_its_rows_used(parts, tmp_path, monkeypatch):
-    images = copied_images(parts, tmp_path / "images")
-    write_jsonl(tmp_path / "t.jsonl", rows_of(parts))
-    args = data_args(
+def cached_check_args(tmp_path, images):
+    """Data arguments for t.jsonl over `images`, with the data check's cache in tmp_path/checks."""
+    return data_args(
         train_file=str(tmp_path / "t.jsonl"),
         image_root=str(images),
         data_check_cache=str(tmp_path / "checks"),
         max_bad_rows=0.5,
     )
+
+
+def test_a_restored_missing_image_is_checked_again_and_its_rows_used(parts, tmp_path, monkeypatch):
+    images = copied_images(parts, tmp_path / "images")
+    write_jsonl(tmp_path / "t.jsonl", rows_of(parts))
+    args = cached_check_args(tmp_path, images)
     checked = counted_checks(monkeypatch)
     blue = (images / "blue.png").read_bytes()
     (images / "blue.png").unlink()
@@ -303,12 +306,7 @@ def test_a_restored_missing_image_is_checked_again_and_its_rows_used(parts, tmp_
 def test_a_cached_ok_image_truncated_in_place_is_checked_again_and_counted(parts, tmp_path, monkeypatch):
     images = copied_images(parts, tmp_path / "images")
     write_jsonl(tmp_path / "t.jsonl", rows_of(parts))
-    args = data_args(
-        train_file=str(tmp_path / "t.jsonl"),
-        image_root=str(images),
-        data_check_cache=str(tmp_path / "checks"),
-        max_bad_rows=0.5,
-    )
+    args = cached_check_args(tmp_path, images)
     _, report = training_data.check_split(training_data.load_raw_datasets(args)["train"], args, "train")
     assert report["bad_rows"] == 0
     checked = counted_checks(monkeypatch)

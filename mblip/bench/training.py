@@ -508,6 +508,8 @@ class Blip2Collator:
 
         images = []
         for row in rows:
+            # The peer's own loading, as its users write it (not mblip.images): the bench's generated images carry no
+            # EXIF orientation and are RGB, so both sides decode the same pixels at the same cost.
             with Image.open(os.path.join(self.image_root, row["image_id"])) as image:
                 images.append(image.convert("RGB"))
         pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
